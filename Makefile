@@ -1,0 +1,31 @@
+# Set-up and the two jobs of README.md. Torch is installed first, pinned to the CPU build on this
+# class of machine, so that resolving the package's "torch>=2.2" never pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test lint benchmark clean
+
+$(BIN)/ndvq: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/ndvq
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+test: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/pytest
+
+benchmark: install
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

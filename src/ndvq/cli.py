@@ -1,0 +1,182 @@
+"""The `ndvq` command: argument parsing and error reporting around the Python API."""
+
+import argparse
+from collections.abc import Callable, Iterator
+import logging
+import os
+from pathlib import Path
+import sys
+import time
+
+import torch
+
+from ndvq import bitstream
+from ndvq.audio import AUDIO_SUFFIXES, read_audio, write_audio, write_bytes
+from ndvq.codec import Codec
+from ndvq.compress import compress, decompress
+from ndvq.errors import NdvqError
+from ndvq.presets import PRESETS
+
+log = logging.getLogger("ndvq")
+DEFAULT_MODEL = "speech-16k"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise NdvqError(f"{path}: {error.strerror or error}") from None
+
+
+def _load_model(source: str) -> Codec:
+    codec = Codec.load(source)
+    if source in PRESETS and not Path(source).is_dir():
+        log.warning(
+            "note: model %r is an untrained preset, so the audio will not sound like the input; "
+            "pass --model DIR with a trained model",
+            source,
+        )
+    return codec
+
+
+def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
+    header, _ = bitstream.read(data, str(target))
+    fixed = bitstream.header_size(header.channels)
+    return (
+        f"{source} -> {target}: {header.duration:.2f} s x {header.channels} ch at {header.bandwidth:g} kbps "
+        f"({header.stages} stages x {header.bits} bits x {header.model_sample_rate / header.hop_length:g} Hz = "
+        f"{header.nominal_bitrate:g} kbps nominal); {len(data)} bytes = {len(data) - fixed} codes + {fixed} header "
+        f"({len(data) * 8 / header.duration / 1000 / header.channels:.3f} kbps per channel in the file); {seconds:.2f} s"
+    )
+
+
+def _compress_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
+    def run(source: Path, target: Path) -> str:
+        start = time.perf_counter()
+        wav, sample_rate = read_audio(source)
+        data = compress(codec, wav, sample_rate, bandwidth, progress=progress)
+        write_bytes(target, data)
+        return _summary(source, target, data, time.perf_counter() - start)
+
+    return run
+
+
+def _decompress_one(codec: Codec, progress: bool) -> Callable[[Path, Path], str]:
+    def run(source: Path, target: Path) -> str:
+        start = time.perf_counter()
+        wav, sample_rate = decompress(_read_bytes(source), codec, str(source), progress=progress)
+        write_audio(target, wav, sample_rate)
+        return f"{source} -> {target}: {wav.shape[1] / sample_rate:.2f} s at {sample_rate} Hz; {time.perf_counter() - start:.2f} s"
+
+    return run
+
+
+def _roundtrip_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
+    def run(source: Path, target: Path) -> str:
+        start = time.perf_counter()
+        wav, sample_rate = read_audio(source)
+        data = compress(codec, wav, sample_rate, bandwidth, progress=progress)
+        decoded, _ = decompress(data, codec, str(source), progress=progress)
+        write_audio(target, decoded, sample_rate)
+        return _summary(source, target, data, time.perf_counter() - start)
+
+    return run
+
+
+def _jobs(source: Path, target: Path, suffixes: tuple[str, ...], new_suffix: str | None) -> Iterator[tuple[Path, Path]]:
+    """(input, output) pairs: one file, or every matching file below a directory, mirrored under target."""
+    if not source.is_dir():
+        yield source, target
+        return
+    if target.exists() and not target.is_dir():
+        raise NdvqError(f"{target}: must be a directory when the input {source} is one")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise NdvqError(f"{source}: no files with suffix {', '.join(suffixes)} below this directory")
+    for path in files:
+        relative = path.relative_to(source)
+        yield path, target / (relative.with_suffix(new_suffix) if new_suffix else relative)
+
+
+def _run_jobs(jobs: Iterator[tuple[Path, Path]], run: Callable[[Path, Path], str]) -> int:
+    failures = 0
+    for source, target in jobs:
+        try:
+            print(run(source, target), flush=True)
+        except NdvqError as error:
+            log.error("error: %s", error)
+            failures += 1
+        except OSError as error:
+            log.error("error: %s: %s", error.filename or target, error.strerror or error)
+            failures += 1
+    return 1 if failures else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    data = _read_bytes(args.input)
+    header, codes = bitstream.read(data, str(args.input))
+    fixed = bitstream.header_size(header.channels)
+    print(f"file:          {args.input} ({len(data)} bytes: {len(data) - fixed} codes + {fixed} header)")
+    print(f"format:        .ndvq version {bitstream.VERSION}")
+    print(f"model id:      {header.model_id.hex()} ({header.model_sample_rate} Hz, hop {header.hop_length})")
+    print(f"audio:         {header.channels} ch, {header.sample_rate} Hz, {header.length} samples ({header.duration:.3f} s)")
+    print(f"bandwidth:     {header.bandwidth:g} kbps requested, {header.nominal_bitrate:g} kbps nominal")
+    print(f"codes:         {header.stages} stages x {header.frames} frames x {header.bits} bits per channel")
+    print(f"scales:        {', '.join(f'{s:.6g}' for s in header.scales)}")
+    print(f"actual rate:   {len(data) * 8 / header.duration / 1000:.3f} kbps with header, all channels")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ndvq", description="NDVQ neural speech codec.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, bandwidth: bool = True, model: bool = True) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("input", type=Path, help="input file, or a directory processed recursively")
+        if name != "info":
+            command.add_argument("output", type=Path, help="output file, or directory mirroring the input tree")
+        if bandwidth:
+            command.add_argument("-b", "--bandwidth", type=float, default=6.0, help="target bitrate in kbps (default 6)")
+        if model:
+            command.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})")
+        return command
+
+    add("compress", "Compress audio (wav, flac, ogg, mp3, any rate, any channels) to .ndvq.")
+    add("decompress", "Decompress .ndvq to audio at the original sample rate and channels.", bandwidth=False)
+    add("roundtrip", "Compress and decompress in one go, to hear the codec.")
+    add("info", "Describe a .ndvq file.", bandwidth=False, model=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="ndvq: %(message)s", level=logging.INFO, stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("NDVQ_THREADS", torch.get_num_threads())))
+    progress = sys.stderr.isatty()
+    try:
+        if args.command == "info":
+            return _info(args)
+        if not args.input.exists():
+            raise NdvqError(f"{args.input}: no such file or directory")
+        codec = _load_model(args.model)
+        if args.command == "compress":
+            codec.stages(args.bandwidth)
+            jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
+            return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress))
+        if args.command == "decompress":
+            jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
+            return _run_jobs(jobs, _decompress_one(codec, progress))
+        codec.stages(args.bandwidth)
+        jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
+        return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress))
+    except NdvqError as error:
+        log.error("error: %s", error)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

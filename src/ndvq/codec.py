@@ -1,0 +1,233 @@
+"""The codec: SEANet encoder, residual quantizer (NDVQ or the RVQ baseline), SEANet decoder."""
+
+from contextlib import nullcontext
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ndvq.chunking import map_chunks
+from ndvq.config import CodecConfig, stages_for_bandwidth
+from ndvq.errors import NdvqError
+from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
+from ndvq.modules.streaming import streaming
+from ndvq.presets import PRESETS
+from ndvq.quantization import ResidualNDVQ, ResidualVQ
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MODEL_FORMAT = "ndvq-model"
+MODEL_FORMAT_VERSION = 1
+DEFAULT_CHUNK_SECONDS = 10.0
+
+
+class CodecOutput(NamedTuple):
+    wav: torch.Tensor  # [B, 1, T]
+    codes: torch.Tensor  # [B, n_q, frames]
+    losses: dict[str, torch.Tensor]  # quantizer losses, means over stages
+
+
+def rms_scale(wav: torch.Tensor) -> torch.Tensor:
+    """Per-item RMS of wav [B, C, T], plus 1e-8: [B, 1, 1]."""
+    return wav.pow(2).mean(dim=(1, 2), keepdim=True).sqrt() + 1e-8
+
+
+class Codec(nn.Module):
+    """wav [B, 1, T] at `sample_rate` <-> codes [B, n_q, ceil(T / hop_length)] with n_q set by the bandwidth."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        seanet = dict(
+            channels=config.channels,
+            dimension=config.dimension,
+            n_filters=config.n_filters,
+            strides=config.strides,
+            n_residual_layers=config.n_residual_layers,
+            lstm_layers=config.lstm_layers,
+            causal=config.causal,
+        )
+        self.encoder = SEANetEncoder(**seanet)
+        self.decoder = SEANetDecoder(**seanet)
+        quantizer = dict(
+            dim=config.dimension,
+            num_codebooks=config.num_codebooks,
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim,
+            kmeans_iterations=config.kmeans_iterations,
+        )
+        if config.quantizer == "ndvq":
+            self.quantizer = ResidualNDVQ(**quantizer, loss=config.ndvq_loss, variance_floor=config.variance_floor)
+        else:
+            self.quantizer = ResidualVQ(**quantizer)
+        # Non-causal models are run on long inputs in overlapping windows: the context covers the
+        # convolutions' receptive field plus one second for the LSTM to settle.
+        hop = config.hop_length
+        self.context_frames = math.ceil((receptive_field(self.encoder) + config.sample_rate) / hop)
+
+    # --- what a user needs to know -------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_codebooks
+
+    @property
+    def bandwidths(self) -> tuple[float, ...]:
+        return self.config.bandwidths
+
+    def stages(self, bandwidth: float) -> int:
+        """Number of quantizer stages used at `bandwidth` kbps, one of `bandwidths`."""
+        if not any(math.isclose(bandwidth, b) for b in self.bandwidths):
+            supported = ", ".join(f"{b:g}" for b in self.bandwidths)
+            raise NdvqError(f"unsupported bitrate {bandwidth:g} kbps (this model supports {supported})")
+        return stages_for_bandwidth(bandwidth, self.frame_rate, self.config.bits_per_code)
+
+    def bitrate(self, n_q: int) -> float:
+        """Nominal bitrate in kbps of n_q stages: frame rate x stages x bits per code."""
+        return self.frame_rate * n_q * self.config.bits_per_code / 1000
+
+    # --- training --------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        """Reconstruct wav [B, 1, T] through n_q stages; RMS-normalised per item."""
+        length = wav.shape[-1]
+        scale = rms_scale(wav)
+        z = self.encoder(self._pad(wav / scale))
+        quantized, codes, losses = self.quantizer(z, n_q)
+        return CodecOutput(self.decoder(quantized)[..., :length] * scale, codes, losses)
+
+    # --- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(
+        self,
+        wav: torch.Tensor,
+        bandwidth: float,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, 1, T] -> codes [B, n_q, ceil(T / hop)] (int64) and the RMS scale [B, 1, 1].
+
+        Inputs longer than `chunk_seconds` are encoded chunk by chunk (None: all at once).
+        """
+        n_q = self.stages(bandwidth)
+        scale = rms_scale(wav)
+        x = self._pad(wav / scale)
+
+        def encode_window(window: torch.Tensor) -> torch.Tensor:
+            return self.quantizer.encode(self.encoder(window), n_q)
+
+        hop = self.hop_length
+        with self._chunking(self.encoder):
+            codes = map_chunks(encode_window, x, *self._chunk_sizes(chunk_seconds, hop), (1, hop), progress)
+        return codes, scale
+
+    @torch.no_grad()
+    def decode(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """codes [B, n_q, F] (and scale [B, 1, 1]) -> wav [B, 1, F * hop]."""
+
+        def decode_window(window: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.quantizer.decode(window))
+
+        with self._chunking(self.decoder):
+            wav = map_chunks(decode_window, codes, *self._chunk_sizes(chunk_seconds, 1), (self.hop_length, 1), progress)
+        return wav if scale is None else wav * scale
+
+    def _pad(self, wav: torch.Tensor) -> torch.Tensor:
+        return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))
+
+    def _chunking(self, module: nn.Module):
+        """Causal models stream (exact, no context); non-causal ones use overlapping windows."""
+        return streaming(module) if self.config.causal else nullcontext()
+
+    def _chunk_sizes(self, chunk_seconds: float | None, unit: int) -> tuple[int, int]:
+        """(chunk, context) in steps of the sequence being chunked: samples (unit = hop) or frames (unit = 1)."""
+        if chunk_seconds is None:
+            return 2**62, 0
+        frames = max(1, round(chunk_seconds * self.frame_rate))
+        context = 0 if self.config.causal else self.context_frames
+        return frames * unit, context * unit
+
+    # --- identity, saving and loading --------------------------------------------------------------
+    def identity(self) -> bytes:
+        """8-byte fingerprint of the config and the weights, written into every bitstream."""
+        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.digest()[:8]
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        document = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "config": self.config.to_dict()}
+        weights = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        save_file(weights, directory / f".{WEIGHTS_FILE}.tmp")
+        os.replace(directory / f".{WEIGHTS_FILE}.tmp", directory / WEIGHTS_FILE)
+        (directory / f".{CONFIG_FILE}.tmp").write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(directory / f".{CONFIG_FILE}.tmp", directory / CONFIG_FILE)
+
+    @classmethod
+    def from_preset(cls, name: str) -> "Codec":
+        """A preset's architecture with reproducible (seeded, untrained) weights."""
+        if name not in PRESETS:
+            raise NdvqError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return cls(PRESETS[name]).eval()
+
+    @classmethod
+    def load(cls, source: str | os.PathLike) -> "Codec":
+        """Load a model directory (config.json + model.safetensors) or build a named preset. Never unpickles."""
+        path = Path(source)
+        if not path.is_dir():
+            if str(source) in PRESETS:
+                return cls.from_preset(str(source))
+            raise NdvqError(f"{source}: not a model directory or preset (presets: {', '.join(PRESETS)})")
+        try:
+            document = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise NdvqError(f"{path / CONFIG_FILE}: cannot read model config ({error})") from None
+        if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+            raise NdvqError(f"{path / CONFIG_FILE}: not an ndvq model config")
+        if document.get("version") != MODEL_FORMAT_VERSION:
+            raise NdvqError(f"{path / CONFIG_FILE}: unsupported model format version {document.get('version')}")
+        codec = cls(CodecConfig.from_dict(document.get("config"), str(path / CONFIG_FILE)))
+        try:
+            weights = load_file(path / WEIGHTS_FILE)
+        except (OSError, SafetensorError) as error:
+            raise NdvqError(f"{path / WEIGHTS_FILE}: cannot read weights ({error})") from None
+        expected = codec.state_dict()
+        problems = sorted(set(expected) ^ set(weights))
+        problems += [n for n in expected if n in weights and weights[n].shape != expected[n].shape]
+        if problems:
+            raise NdvqError(f"{path / WEIGHTS_FILE}: weights do not match the config ({len(problems)} tensors differ)")
+        codec.load_state_dict(weights)
+        return codec.eval()

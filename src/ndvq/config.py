@@ -1,0 +1,82 @@
+"""The codec's configuration: one dataclass, serialised as JSON beside the weights."""
+
+from dataclasses import asdict, dataclass, fields
+import math
+from typing import Any
+
+from ndvq.errors import NdvqError
+
+QUANTIZERS = ("ndvq", "rvq")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything that defines a codec's architecture. Durations in samples, rates in Hz, bandwidths in kbps."""
+
+    sample_rate: int = 24000
+    channels: int = 1
+    n_filters: int = 32
+    strides: tuple[int, ...] = (2, 4, 5, 8)  # encoder order; hop = product
+    dimension: int = 128
+    n_residual_layers: int = 1
+    lstm_layers: int = 2
+    causal: bool = False
+    quantizer: str = "ndvq"
+    codebook_size: int = 1024
+    num_codebooks: int = 32
+    codebook_dim: int | None = None  # None: the latent dimension, no projection
+    ndvq_loss: str = "paper"  # "paper" or "nll"
+    variance_floor: float = 1e-4  # lower bound of the variances in the "nll" variant
+    kmeans_iterations: int = 50
+    bandwidths: tuple[float, ...] = (1.0, 1.5, 3.0, 4.5, 6.0, 9.0, 12.0, 16.0, 24.0)
+
+    def __post_init__(self) -> None:
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
+        if self.channels != 1:
+            raise ValueError("the codec is mono (channels=1); multichannel audio is coded channel by channel")
+        for bandwidth in self.bandwidths:
+            stages = stages_for_bandwidth(bandwidth, self.frame_rate, self.bits_per_code)
+            if stages > self.num_codebooks:
+                raise ValueError(f"{bandwidth} kbps needs {stages} stages, more than num_codebooks={self.num_codebooks}")
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_code(self) -> int:
+        return self.codebook_size.bit_length() - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "CodecConfig":
+        """Build from parsed JSON, with a one-line error naming `source` for anything invalid."""
+        if not isinstance(data, dict):
+            raise NdvqError(f"{source}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NdvqError(f"{source}: unknown config keys {unknown}")
+        values = dict(data)
+        for key in ("strides", "bandwidths"):
+            if key in values and isinstance(values[key], list):
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise NdvqError(f"{source}: invalid config: {error}") from None
+
+
+def stages_for_bandwidth(bandwidth: float, frame_rate: float, bits_per_code: int) -> int:
+    """The spec's rule: n_q = max(1, floor(bandwidth / kbps per stage))."""
+    per_stage = frame_rate * bits_per_code / 1000
+    return max(1, math.floor(bandwidth / per_stage + 1e-9))

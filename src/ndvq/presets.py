@@ -1,0 +1,23 @@
+"""Named codec configurations: plain data."""
+
+from ndvq.config import CodecConfig
+
+PRESETS: dict[str, CodecConfig] = {
+    # The paper's model: EnCodec 24 kHz SEANet, non-causal, 32 x 1024 NDVQ, 75 Hz frames, 0.75 kbps per stage.
+    "paper-24k": CodecConfig(),
+    # The same design at 16 kHz for the embedded speech corpus: 50 Hz frames, 0.5 kbps per stage,
+    # 48 stages so that 24 kbps is reached.
+    "speech-16k": CodecConfig(sample_rate=16000, num_codebooks=48),
+    # A model small enough for tests: 250 Hz frames, 256 codes (2 kbps per stage), 4 stages.
+    "tiny": CodecConfig(
+        sample_rate=16000,
+        n_filters=4,
+        strides=(2, 4, 8),
+        dimension=16,
+        lstm_layers=1,
+        codebook_size=256,
+        num_codebooks=4,
+        kmeans_iterations=10,
+        bandwidths=(2.0, 4.0, 8.0),
+    ),
+}

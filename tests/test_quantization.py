@@ -1,0 +1,159 @@
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ndvq import ResidualNDVQ, ResidualVQ
+from ndvq.quantization.ndvq import NormalCodebook
+
+
+def brute_force_log_density(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """[N, K] from an explicit [N, K, D] tensor: the definition, for comparison."""
+    diff = x[:, None, :] - mean[None]
+    return (-0.5 * diff.pow(2) / log_var.exp() - 0.5 * log_var - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def test_likelihood_assignment_equals_brute_force_argmax() -> None:
+    book = NormalCodebook(size=64, dim=8).double()
+    with torch.no_grad():
+        book.codebook[:, 8:] = torch.randn(64, 8, dtype=torch.float64)  # unequal variances
+    x = 2 * torch.randn(500, 8, dtype=torch.float64)
+    reference = brute_force_log_density(x, book.mean, book.log_variance)
+    torch.testing.assert_close(book.log_likelihood(x).double(), reference, rtol=1e-4, atol=1e-3)
+    agree = (book.encode(x) == reference.argmax(1)).float().mean()
+    assert agree == 1.0
+
+
+def test_equal_variances_give_euclidean_nearest_neighbour() -> None:
+    book = NormalCodebook(size=128, dim=16)
+    with torch.no_grad():
+        book.codebook[:, 16:] = 0.7  # one shared variance
+    x = torch.randn(1000, 16)
+    assert torch.equal(book.encode(x), torch.cdist(x, book.mean).argmin(1))
+
+
+def test_variance_shifts_assignment_towards_wider_gaussian() -> None:
+    book = NormalCodebook(size=2, dim=1)
+    with torch.no_grad():
+        book.codebook[:] = torch.tensor([[0.0, math.log(0.01)], [1.0, math.log(4.0)]])
+    # 0.4 is nearer to mean 0 but far more likely under the wide Gaussian at 1.
+    assert book.encode(torch.tensor([[0.4]])).item() == 1
+
+
+@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
+def test_contract_shapes(make) -> None:
+    quantizer = make(dim=16, num_codebooks=4, codebook_size=32)
+    z = torch.randn(3, 16, 20)
+    quantized, codes, losses = quantizer(z, n_q=3)
+    assert quantized.shape == z.shape
+    assert codes.shape == (3, 3, 20) and codes.dtype == torch.int64
+    assert codes.max() < 32 and set(losses) and all(v.ndim == 0 for v in losses.values())
+    quantizer.eval()
+    assert torch.equal(quantizer.encode(z, 3), quantizer(z, 3).codes)
+    torch.testing.assert_close(quantizer.decode(quantizer.encode(z, 3)), quantizer(z, 3).quantized)
+
+
+def test_training_samples_and_eval_returns_means() -> None:
+    quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+    z = torch.randn(2, 8, 50)
+    quantizer.train()
+    first, second = quantizer(z, 2).quantized, quantizer(z, 2).quantized
+    assert not torch.allclose(first, second)
+    quantizer.eval()
+    out = quantizer(z, 2)
+    torch.testing.assert_close(out.quantized, quantizer(z, 2).quantized, rtol=0, atol=0)
+    torch.testing.assert_close(out.quantized, quantizer.decode(out.codes))
+    means = quantizer.codebooks[0].mean[out.codes[:, 0]] + quantizer.codebooks[1].mean[out.codes[:, 1]]
+    torch.testing.assert_close(out.quantized, means.permute(0, 2, 1))
+
+
+@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
+def test_straight_through_gradient_is_identity(make) -> None:
+    quantizer = make(dim=8, num_codebooks=4, codebook_size=16)
+    z = torch.randn(2, 8, 30, requires_grad=True)
+    upstream = torch.randn(2, 8, 30)
+    (quantizer(z, 4).quantized * upstream).sum().backward()
+    torch.testing.assert_close(z.grad, upstream)
+
+
+def test_projection_when_code_dimension_differs() -> None:
+    quantizer = ResidualNDVQ(dim=16, num_codebooks=2, codebook_size=8, codebook_dim=4)
+    assert quantizer.codebooks[0].codebook.shape == (8, 8)
+    z = torch.randn(2, 16, 10, requires_grad=True)
+    out = quantizer(z, 2)
+    (out.quantized.sum() + sum(out.losses.values())).backward()
+    assert quantizer.project_in[0].weight.grad is not None and quantizer.project_out[1].weight.grad is not None
+
+
+def test_paper_and_nll_losses() -> None:
+    z = torch.randn(2, 8, 40)
+    paper = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)(z, 2).losses
+    nll = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, loss="nll")(z, 2).losses
+    assert set(paper) == {"commitment", "codebook", "variance"}
+    assert set(nll) == {"commitment", "nll"}
+    with pytest.raises(ValueError):
+        ResidualNDVQ(loss="elbo")
+
+
+def test_paper_loss_gives_the_variance_no_reconstruction_gradient() -> None:
+    quantizer = ResidualNDVQ(dim=8, num_codebooks=1, codebook_size=16)
+    quantizer(torch.randn(2, 8, 40), 1)  # initialise
+    quantizer(torch.randn(2, 8, 40, requires_grad=True), 1).quantized.pow(2).sum().backward()
+    assert quantizer.codebooks[0].codebook.grad is None or not quantizer.codebooks[0].codebook.grad.any()
+
+
+def test_kmeans_initialisation_happens_once_and_survives_reload() -> None:
+    quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+    book = quantizer.codebooks[0]
+    assert not book.initialised
+    data = torch.randn(4, 8, 100) + 5.0
+    quantizer(data, 1)
+    assert book.initialised and not quantizer.codebooks[1].initialised  # stage 2 was not used
+    assert (book.mean.mean() - 5.0).abs() < 0.5  # means moved onto the data
+    assert torch.equal(book.log_variance, torch.zeros(16, 8))
+    means = book.mean.detach().clone()
+    quantizer(torch.randn(4, 8, 100) - 5.0, 1)
+    assert torch.equal(book.mean, means)  # no second initialisation
+    reloaded = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+    reloaded.load_state_dict(quantizer.state_dict())
+    assert reloaded.codebooks[0].initialised
+    reloaded(torch.randn(4, 8, 100) - 5.0, 1)
+    assert torch.equal(reloaded.codebooks[0].mean, means)
+
+
+def test_rvq_revives_dead_codes_with_fresh_statistics() -> None:
+    quantizer = ResidualVQ(dim=4, num_codebooks=1, codebook_size=64)
+    book = quantizer.codebooks[0]
+    quantizer(torch.randn(1, 4, 64), 1)
+    for _ in range(3):  # data concentrated on a few codes: the others expire and are replaced
+        quantizer(torch.randn(1, 4, 16) * 0.01, 1)
+    assert (book.cluster_size >= book.dead_code_threshold - 1e-6).all()
+    torch.testing.assert_close(book.embedding_sum / book.cluster_size[:, None], book.embedding)
+
+
+def _two_rank_worker(rank: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # different data and different local random draws on each rank
+    ndvq = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+    rvq = ResidualVQ(dim=8, num_codebooks=2, codebook_size=16)
+    for _ in range(3):
+        z = torch.randn(2, 8, 40) + rank
+        ndvq(z, 2)
+        rvq(z, 2)
+    states = {f"ndvq.{k}": v for k, v in ndvq.state_dict().items()}
+    states.update({f"rvq.{k}": v for k, v in rvq.state_dict().items()})
+    gathered = [None, None]
+    dist.all_gather_object(gathered, states)
+    if rank == 0:
+        same = all(torch.equal(gathered[0][k], gathered[1][k]) for k in states)
+        with open(result_file, "w") as handle:
+            handle.write("same" if same else "different")
+    dist.destroy_process_group()
+
+
+def test_initialisation_and_ema_identical_on_two_gloo_ranks(tmp_path) -> None:
+    result = tmp_path / "result"
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(result)), nprocs=2)
+    assert result.read_text() == "same"
