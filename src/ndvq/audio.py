@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 import os
+import re
 from pathlib import Path
 import tempfile
 
@@ -15,10 +16,23 @@ from ndvq.errors import NdvqError
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
+# libsndfile notes a data chunk shorter than its header declares as "data : 32000 (should be 15978)".
+_SHORT_CHUNK = re.compile(r"^(?:data|SSND) : (\d+) \(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers leave the size unset
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode any file soundfile reads: (wav [C, T] float32, sample rate). Rejects empty and non-finite audio."""
+    """Decode any file soundfile reads: (wav [C, T] float32, sample rate).
+
+    Rejects truncated WAV/AIFF files, empty audio and non-finite samples.
+    """
     try:
-        wav, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as audio:
+            short = _SHORT_CHUNK.search(audio.extra_info)
+            if short and int(short[1]) not in _UNKNOWN_SIZES and int(short[2]) < int(short[1]):
+                raise NdvqError(f"{path}: truncated file ({short[2]} of {short[1]} bytes of audio data)")
+            sample_rate = audio.samplerate
+            wav = audio.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         detail = str(error).split("\n")[0].removeprefix(f"Error opening {str(path)!r}: ")
         raise NdvqError(f"{path}: cannot decode audio ({detail})") from None
@@ -33,7 +47,7 @@ def check_audio(wav: np.ndarray, name: str) -> np.ndarray:
     if wav.ndim != 2 or wav.shape[0] == 0:
         raise NdvqError(f"{name}: expected audio of shape [channels, samples], got {wav.shape}")
     if wav.shape[1] == 0:
-        raise NdvqError(f"{name}: the audio is empty (0 samples)")
+        raise NdvqError(f"{name}: no audio samples (empty or truncated file)")
     if not np.isfinite(wav).all():
         raise NdvqError(f"{name}: the audio contains NaN or infinite samples")
     return wav

@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="ndvq: %(message)s", level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(format="ndvq: %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
     args = _parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("NDVQ_THREADS", torch.get_num_threads())))
     progress = sys.stderr.isatty()

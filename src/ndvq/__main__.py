@@ -1,0 +1,3 @@
+from ndvq.cli import entry_point
+
+entry_point()

@@ -1,0 +1,208 @@
+"""The command line: good paths, every kind of bad input, and what is left on disk."""
+
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ndvq import Codec
+from ndvq.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([*map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_wav(path: Path, wav: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:
+    sf.write(path, wav.T, rate, subtype=subtype)
+    return path
+
+
+def assert_one_error_line(stderr: str, prefix: str, message: str) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("ndvq: error")]
+    assert len(errors) == 1 and errors[0].startswith(prefix) and message in errors[0], stderr
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.fixture
+def clip(tmp_path, speech) -> Path:
+    wav, rate = speech
+    return write_wav(tmp_path / "clip.wav", wav, rate)
+
+
+def test_compress_info_decompress(tmp_path, capsys, clip) -> None:
+    code, out, err = run(capsys, "compress", clip, tmp_path / "clip.ndvq", "-b", "4", "--model", "tiny")
+    assert code == 0, err
+    assert "untrained preset" in err
+    size = (tmp_path / "clip.ndvq").stat().st_size
+    assert f"{size} bytes = {size - 50} codes + 50 header" in out and "4 kbps nominal" in out
+    code, out, _ = run(capsys, "info", tmp_path / "clip.ndvq")
+    assert code == 0 and "2 stages x 375 frames x 8 bits" in out and "16000 Hz, 24000 samples" in out
+    code, out, err = run(capsys, "decompress", tmp_path / "clip.ndvq", tmp_path / "out.wav", "--model", "tiny")
+    assert code == 0, err
+    decoded, rate = sf.read(tmp_path / "out.wav", always_2d=True)
+    assert rate == 16000 and decoded.shape == (24000, 1)
+    assert files(tmp_path) == ["clip.ndvq", "clip.wav", "out.wav"]
+
+
+def test_roundtrip_restores_rate_and_channels(tmp_path, capsys) -> None:
+    stereo = 0.1 * np.random.default_rng(0).standard_normal((2, 22050)).astype(np.float32)
+    source = tmp_path / "stereo.flac"
+    sf.write(source, stereo.T, 44100)
+    code, _, err = run(capsys, "roundtrip", source, tmp_path / "out.flac", "-b", "2", "--model", "tiny")
+    assert code == 0, err
+    info = sf.info(tmp_path / "out.flac")
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 22050)
+
+
+def test_directory_mirrors_tree(tmp_path, capsys, speech) -> None:
+    wav, rate = speech
+    (tmp_path / "in" / "a" / "b").mkdir(parents=True)
+    write_wav(tmp_path / "in" / "one.wav", wav[:, :4000], rate)
+    sf.write(tmp_path / "in" / "a" / "b" / "two.flac", wav[0, :3000], rate)
+    (tmp_path / "in" / "notes.txt").write_text("not audio, not selected")
+    assert run(capsys, "compress", tmp_path / "in", tmp_path / "codes", "--model", "tiny", "-b", "8")[0] == 0
+    assert files(tmp_path / "codes") == ["a", "a/b", "a/b/two.ndvq", "one.ndvq"]
+    assert run(capsys, "decompress", tmp_path / "codes", tmp_path / "out", "--model", "tiny")[0] == 0
+    assert files(tmp_path / "out") == ["a", "a/b", "a/b/two.wav", "one.wav"]
+    assert sf.info(tmp_path / "out" / "a" / "b" / "two.wav").frames == 3000
+
+
+def _bad_audio(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"bad_{kind}.wav"
+    tone = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32)[None]
+    if kind == "empty_file":
+        path.write_bytes(b"")
+    elif kind == "not_audio":
+        path.write_text("this is a text file, not audio\n" * 20)
+    elif kind == "truncated":
+        write_wav(path, tone)
+        path.write_bytes(path.read_bytes()[:20000])
+    elif kind == "zero_length":
+        write_wav(path, np.zeros((1, 0), np.float32))
+    elif kind in ("nan", "inf"):
+        tone[0, 100] = np.nan if kind == "nan" else np.inf
+        write_wav(path, tone, subtype="FLOAT")
+    elif kind == "truncated_flac":
+        path = tmp_path / "bad.flac"
+        sf.write(path, tone.T, 16000)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "missing":
+        path = tmp_path / "missing.wav"
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty_file", "cannot decode audio"),
+        ("not_audio", "cannot decode audio"),
+        ("truncated", "truncated file"),
+        ("truncated_flac", "cannot decode audio"),
+        ("zero_length", "no audio samples"),
+        ("nan", "NaN or infinite"),
+        ("inf", "NaN or infinite"),
+        ("missing", "no such file or directory"),
+    ],
+)
+@pytest.mark.parametrize("command", ["compress", "roundtrip"])
+def test_bad_audio_input(tmp_path, capsys, command: str, kind: str, message: str) -> None:
+    source = _bad_audio(tmp_path, kind)
+    before = files(tmp_path)
+    code, out, err = run(capsys, command, source, tmp_path / "out.wav", "--model", "tiny", "-b", "2")
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {source}: ", message)
+    assert files(tmp_path) == before  # no output and no temporary file left behind
+
+
+def test_very_short_audio_is_coded(tmp_path, capsys) -> None:
+    source = write_wav(tmp_path / "short.wav", np.full((1, 3), 0.25, np.float32))
+    assert run(capsys, "roundtrip", source, tmp_path / "out.wav", "--model", "tiny", "-b", "2")[0] == 0
+    assert sf.info(tmp_path / "out.wav").frames == 3
+
+
+@pytest.fixture
+def compressed(tmp_path, capsys, clip) -> Path:
+    assert run(capsys, "compress", clip, tmp_path / "clip.ndvq", "--model", "tiny", "-b", "2")[0] == 0
+    return tmp_path / "clip.ndvq"
+
+
+def _other_model(tmp_path: Path) -> Path:
+    torch.manual_seed(7)
+    Codec(Codec.from_preset("tiny").config).save(tmp_path / "other")
+    return tmp_path / "other"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d[:-7], "truncated or corrupted .ndvq file"),
+        (lambda d: d[:30] + bytes([d[30] ^ 4]) + d[31:], "corrupted .ndvq file (checksum mismatch)"),
+        (lambda d: b"ID3" + d[3:], "not an .ndvq file"),
+        (lambda d: b"", "not an .ndvq file"),
+    ],
+)
+def test_bad_ndvq_input(tmp_path, capsys, compressed: Path, damage, message: str) -> None:
+    compressed.write_bytes(damage(compressed.read_bytes()))
+    before = files(tmp_path)
+    code, _, err = run(capsys, "decompress", compressed, tmp_path / "out.wav", "--model", "tiny")
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {compressed}: ", message)
+    assert files(tmp_path) == before
+    code, _, err = run(capsys, "info", compressed)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert_one_error_line(err, f"ndvq: error: {compressed}: ", message)
+
+
+def test_ndvq_from_another_model(tmp_path, capsys, compressed: Path) -> None:
+    other = _other_model(tmp_path)
+    before = files(tmp_path)
+    code, _, err = run(capsys, "decompress", compressed, tmp_path / "out.wav", "--model", other)
+    assert code == 1 and f"ndvq: error: {compressed}: made by another model" in err
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-b", "5"], "unsupported bitrate 5 kbps (this model supports 2, 4, 8)"),
+        (["--model", "nonexistent"], "nonexistent: not a model directory or preset"),
+    ],
+)
+def test_bad_options(tmp_path, capsys, clip, argv: list[str], message: str) -> None:
+    before = files(tmp_path)
+    code, _, err = run(capsys, "compress", clip, tmp_path / "x.ndvq", *(["--model", "tiny", "-b", "2"] + argv))
+    assert code == 1
+    assert_one_error_line(err, "ndvq: error: ", message)
+    assert files(tmp_path) == before
+
+
+def test_directory_continues_past_a_bad_file(tmp_path, capsys, speech) -> None:
+    wav, rate = speech
+    (tmp_path / "in").mkdir()
+    write_wav(tmp_path / "in" / "good.wav", wav[:, :2000], rate)
+    (tmp_path / "in" / "bad.wav").write_text("garbage")
+    code, out, err = run(capsys, "compress", tmp_path / "in", tmp_path / "codes", "--model", "tiny", "-b", "2")
+    assert code == 1 and "bad.wav: cannot decode audio" in err and "good.wav" in out
+    assert files(tmp_path / "codes") == ["good.ndvq"]
+
+
+def test_console_entry_point_prints_no_traceback(tmp_path) -> None:
+    (tmp_path / "bad.wav").write_text("garbage")
+    result = subprocess.run(
+        [sys.executable, "-m", "ndvq", "compress", tmp_path / "bad.wav", tmp_path / "x.ndvq", "--model", "tiny", "-b", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ndvq: error: {tmp_path / 'bad.wav'}: cannot decode")
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.ndvq").exists()
