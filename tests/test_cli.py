@@ -199,7 +199,18 @@ def test_directory_continues_past_a_bad_file(tmp_path, capsys, speech) -> None:
 def test_console_entry_point_prints_no_traceback(tmp_path) -> None:
     (tmp_path / "bad.wav").write_text("garbage")
     result = subprocess.run(
-        [sys.executable, "-m", "ndvq", "compress", tmp_path / "bad.wav", tmp_path / "x.ndvq", "--model", "tiny", "-b", "2"],
+        [
+            sys.executable,
+            "-m",
+            "ndvq",
+            "compress",
+            tmp_path / "bad.wav",
+            tmp_path / "x.ndvq",
+            "--model",
+            "tiny",
+            "-b",
+            "2",
+        ],
         capture_output=True,
         text=True,
     )

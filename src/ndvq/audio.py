@@ -3,8 +3,8 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 import os
-import re
 from pathlib import Path
+import re
 import tempfile
 
 import numpy as np

@@ -122,7 +122,9 @@ def read(data: bytes, name: str = "input") -> tuple[Header, np.ndarray]:
         if len(data) != expected:
             raise NdvqError(f"{name}: truncated or corrupted .ndvq file ({len(data)} bytes, header says {expected})")
         raise NdvqError(f"{name}: corrupted .ndvq file (checksum mismatch)")
-    if len(data) != expected or not (1 <= header.bits <= 16 and header.stages and header.channels and header.hop_length):
+    if len(data) != expected or not (
+        1 <= header.bits <= 16 and header.stages and header.channels and header.hop_length
+    ):
         raise NdvqError(f"{name}: inconsistent .ndvq header")
     scales = struct.unpack_from(f"<{header.channels}f", data, _FIELDS.size)
     header = Header(*values, scales=scales)

@@ -46,7 +46,8 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
         f"{source} -> {target}: {header.duration:.2f} s x {header.channels} ch at {header.bandwidth:g} kbps "
         f"({header.stages} stages x {header.bits} bits x {header.model_sample_rate / header.hop_length:g} Hz = "
         f"{header.nominal_bitrate:g} kbps nominal); {len(data)} bytes = {len(data) - fixed} codes + {fixed} header "
-        f"({len(data) * 8 / header.duration / 1000 / header.channels:.3f} kbps per channel in the file); {seconds:.2f} s"
+        f"({len(data) * 8 / header.duration / 1000 / header.channels:.3f} kbps per channel in the file); "
+        f"{seconds:.2f} s"
     )
 
 
@@ -66,7 +67,8 @@ def _decompress_one(codec: Codec, progress: bool) -> Callable[[Path, Path], str]
         start = time.perf_counter()
         wav, sample_rate = decompress(_read_bytes(source), codec, str(source), progress=progress)
         write_audio(target, wav, sample_rate)
-        return f"{source} -> {target}: {wav.shape[1] / sample_rate:.2f} s at {sample_rate} Hz; {time.perf_counter() - start:.2f} s"
+        seconds = time.perf_counter() - start
+        return f"{source} -> {target}: {wav.shape[1] / sample_rate:.2f} s at {sample_rate} Hz; {seconds:.2f} s"
 
     return run
 
@@ -119,7 +121,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"file:          {args.input} ({len(data)} bytes: {len(data) - fixed} codes + {fixed} header)")
     print(f"format:        .ndvq version {bitstream.VERSION}")
     print(f"model id:      {header.model_id.hex()} ({header.model_sample_rate} Hz, hop {header.hop_length})")
-    print(f"audio:         {header.channels} ch, {header.sample_rate} Hz, {header.length} samples ({header.duration:.3f} s)")
+    print(
+        f"audio:         {header.channels} ch, {header.sample_rate} Hz, "
+        f"{header.length} samples ({header.duration:.3f} s)"
+    )
     print(f"bandwidth:     {header.bandwidth:g} kbps requested, {header.nominal_bitrate:g} kbps nominal")
     print(f"codes:         {header.stages} stages x {header.frames} frames x {header.bits} bits per channel")
     print(f"scales:        {', '.join(f'{s:.6g}' for s in header.scales)}")
@@ -137,9 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         if name != "info":
             command.add_argument("output", type=Path, help="output file, or directory mirroring the input tree")
         if bandwidth:
-            command.add_argument("-b", "--bandwidth", type=float, default=6.0, help="target bitrate in kbps (default 6)")
+            command.add_argument(
+                "-b", "--bandwidth", type=float, default=6.0, help="target bitrate in kbps (default 6)"
+            )
         if model:
-            command.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})")
+            command.add_argument(
+                "--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})"
+            )
         return command
 
     add("compress", "Compress audio (wav, flac, ogg, mp3, any rate, any channels) to .ndvq.")

@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
+import torch.nn.functional as F
 
 from ndvq.chunking import map_chunks
 from ndvq.config import CodecConfig, stages_for_bandwidth

@@ -40,7 +40,9 @@ class CodecConfig:
         for bandwidth in self.bandwidths:
             stages = stages_for_bandwidth(bandwidth, self.frame_rate, self.bits_per_code)
             if stages > self.num_codebooks:
-                raise ValueError(f"{bandwidth} kbps needs {stages} stages, more than num_codebooks={self.num_codebooks}")
+                raise ValueError(
+                    f"{bandwidth} kbps needs {stages} stages, more than num_codebooks={self.num_codebooks}"
+                )
 
     @property
     def hop_length(self) -> int:

@@ -7,8 +7,8 @@ ConvTranspose1d, whatever the kernel size.
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from ndvq.modules.streaming import Streamable
@@ -71,7 +71,9 @@ class Conv1d(Streamable):
 class ConvTranspose1d(Streamable):
     """ConvTranspose1d trimmed to exactly `stride` output samples per input frame."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, causal: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, causal: bool = False
+    ) -> None:
         super().__init__()
         self.convtr = weight_norm(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride))
         self.causal = causal

@@ -7,8 +7,8 @@ A frame goes to the most likely Gaussian; in training the stage outputs a sample
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from ndvq.quantization.kmeans import kmeans_on_rank0
 from ndvq.quantization.residual import ResidualQuantizer

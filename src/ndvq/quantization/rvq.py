@@ -1,8 +1,8 @@
 """The baseline: EnCodec's residual VQ with Euclidean codebooks updated by exponential moving averages."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from ndvq.quantization.kmeans import all_reduce_sum_, broadcast_, kmeans_on_rank0, nearest, sample_vectors
 from ndvq.quantization.residual import ResidualQuantizer

@@ -1,0 +1,128 @@
+"""Codec speed and memory: real-time factor of encode and decode and peak RSS, per preset and duration,
+and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
+
+    python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k]
+
+Each (preset, duration) runs in its own process so that its peak RSS is its own. The input is the
+bundled speech clip, repeated to the duration. Weights are the presets' untrained ones: speed and
+memory do not depend on training.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ndvq import Codec, ResidualNDVQ, ResidualVQ, compress, decompress
+from ndvq.audio import read_audio
+from ndvq.presets import PRESETS
+
+CLIP = "examples/speech_en_16k.flac"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
+    """Compress and decompress `seconds` of speech through the public API; runs in a fresh process."""
+    codec = Codec.from_preset(preset)
+    clip, rate = read_audio(CLIP)
+    wav = np.tile(clip, (1, int(np.ceil(seconds * rate / clip.shape[1]))))[:, : int(seconds * rate)]
+    loaded = peak_rss_mb()
+    start = time.perf_counter()
+    data = compress(codec, wav, rate, bandwidth)
+    encoded = time.perf_counter()
+    decompress(data, codec)
+    decoded = time.perf_counter()
+    return {
+        "preset": preset,
+        "seconds": seconds,
+        "bandwidth": bandwidth,
+        "encode_rtf": (encoded - start) / seconds,
+        "decode_rtf": (decoded - encoded) / seconds,
+        "rss_loaded_mb": loaded,
+        "rss_peak_mb": peak_rss_mb(),
+    }
+
+
+def time_call(fn, repeats: int = 5) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def measure_quantizers(frames: int, n_q: int) -> list[dict]:
+    """ms per call at the paper's shapes (dim 128, 1024 codes), z [8, 128, frames]."""
+    rows = []
+    z = torch.randn(8, 128, frames)
+    for name, make in (("ndvq", ResidualNDVQ), ("rvq", ResidualVQ)):
+        quantizer = make(dim=128, num_codebooks=32, codebook_size=1024)
+        quantizer.train()
+        quantizer(z, 32)  # k-means initialisation, not timed
+
+        def train_step(quantizer: torch.nn.Module = quantizer) -> None:
+            out = quantizer(z.requires_grad_(), n_q)
+            (out.quantized.sum() + sum(out.losses.values())).backward()
+
+        quantizer.eval()
+        codes = quantizer.encode(z, n_q)
+        encode = time_call(lambda q=quantizer: q.encode(z, n_q))
+        decode = time_call(lambda q=quantizer, c=codes: q.decode(c))
+        quantizer.train()
+        rows.append({"quantizer": name, "encode_ms": encode, "decode_ms": decode, "train_ms": time_call(train_step)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--durations", type=float, nargs="+", default=[10.0, 600.0])
+    parser.add_argument("--presets", nargs="+", default=["paper-24k", "speech-16k"], choices=list(PRESETS))
+    parser.add_argument("--bandwidth", type=float, default=6.0)
+    parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(measure_codec(args.one[0], float(args.one[1]), args.bandwidth)))
+        return
+
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"codec at {args.bandwidth:g} kbps (compress + decompress through the public API, untrained weights):")
+    print(
+        f"{'preset':<11} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} {'RSS loaded MB':>13} {'RSS peak MB':>11}"
+    )
+    for preset in args.presets:
+        for seconds in args.durations:
+            command = [sys.executable, __file__, "--threads", str(args.threads), "--bandwidth", str(args.bandwidth)]
+            output = subprocess.run(
+                [*command, "--one", preset, str(seconds)], capture_output=True, text=True, check=True
+            )
+            row = json.loads(output.stdout.strip().splitlines()[-1])
+            print(
+                f"{preset:<11} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
+                f"{row['rss_loaded_mb']:13.0f} {row['rss_peak_mb']:11.0f}"
+            )
+    frames, n_q = 75, 8
+    print(f"quantizer alone, z [8, 128, {frames}] (8 s of 75 Hz frames), 1024 codes, {n_q} stages, ms per call:")
+    rows = measure_quantizers(frames, n_q)
+    for row in rows:
+        print(
+            f"  {row['quantizer']:<5} encode {row['encode_ms']:7.2f}  decode {row['decode_ms']:7.2f}  "
+            f"train step {row['train_ms']:7.2f}"
+        )
+    ndvq, rvq = rows
+    encode_ratio, train_ratio = ndvq["encode_ms"] / rvq["encode_ms"], ndvq["train_ms"] / rvq["train_ms"]
+    print(f"  NDVQ / RVQ: encode x{encode_ratio:.2f}, train step x{train_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
