@@ -1,0 +1,1 @@
+"""Training: data, losses, discriminator, the trainer and its checkpoints."""
