@@ -155,7 +155,31 @@ def _parser() -> argparse.ArgumentParser:
     add("decompress", "Decompress .ndvq to audio at the original sample rate and channels.", bandwidth=False)
     add("roundtrip", "Compress and decompress in one go, to hear the codec.")
     add("info", "Describe a .ndvq file.", bandwidth=False, model=False)
+
+    train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
+    train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k.yaml")
+    train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.train=DIR steps=100")
+    export = commands.add_parser("export", help="Export a training run as a model directory.")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("output", type=Path)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from ndvq.train import trainer
+        from ndvq.train.config import load_config
+    except ImportError as error:
+        missing = f"training needs the 'train' extra ({error.name} is missing): pip install 'ndvq[train]'"
+        raise NdvqError(missing) from None
+    if args.command == "export":
+        trainer.export(args.run_dir, args.output)
+        print(f"{args.run_dir} -> {args.output}: load it with --model {args.output}")
+        return 0
+    trainer.run(load_config(args.config, args.overrides), args.run_dir, args.resume)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "info":
             return _info(args)
+        if args.command in ("train", "export"):
+            return _train(args)
         if not args.input.exists():
             raise NdvqError(f"{args.input}: no such file or directory")
         codec = _load_model(args.model)

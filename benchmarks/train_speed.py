@@ -1,0 +1,100 @@
+"""Training throughput: steps/s and peak RSS for a preset with each quantizer, with and without the
+discriminator, and NDVQ's overhead against RVQ.
+
+    python benchmarks/train_speed.py [--preset speech-16k] [--threads 2] [--steps 12] [--batch-size 8]
+
+Each configuration runs in its own process on crops of the bundled speech clip; the first two steps
+(k-means initialisation, allocator warm-up) are not timed.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import soundfile as sf
+import torch
+
+from ndvq.train.config import load_config
+from ndvq.train.trainer import Trainer
+
+CLIP = Path(__file__).parent.parent / "examples" / "speech_en_16k.flac"
+WARMUP = 2
+
+
+def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_size: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        sf.write(Path(folder) / "clip.flac", sf.read(CLIP)[0], 16000)
+        overrides = [
+            f"model={preset}",
+            f"quantizer={quantizer}",
+            f"data.train={folder}",
+            f"data.batch_size={batch_size}",
+            "data.num_workers=1",
+            f"steps={steps + WARMUP}",
+            f"discriminator.start_step={0 if adversarial else 10**9}",
+            "discriminator.every=3",
+            "checkpoint_every=1000000",
+        ]
+        trainer = Trainer(load_config(None, overrides), Path(folder) / "run")
+        batches = trainer._batches()
+        for _ in range(WARMUP):
+            trainer.train_step(next(batches))
+            trainer.step += 1
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(next(batches))
+            trainer.step += 1
+        elapsed = time.perf_counter() - start
+    return {
+        "steps_per_second": steps / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="speech-16k")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--one", nargs=2, metavar=("QUANTIZER", "ADVERSARIAL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        quantizer, adversarial = args.one[0], args.one[1] == "1"
+        print(json.dumps(measure(args.preset, quantizer, adversarial, args.steps, args.batch_size)))
+        return
+
+    print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{args.preset}, batch {args.batch_size} x 1 s crops, fp32, {args.steps} timed steps:")
+    print(f"{'quantizer':<9} {'discriminator':<13} {'steps/s':>8} {'s/step':>7} {'peak RSS MB':>11}")
+    rates = {}
+    for adversarial in (False, True):
+        for quantizer in ("ndvq", "rvq"):
+            command = [sys.executable, __file__, "--preset", args.preset, "--threads", str(args.threads)]
+            command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            output = subprocess.run(
+                [*command, "--one", quantizer, str(int(adversarial))], capture_output=True, text=True
+            )
+            if output.returncode:
+                sys.exit(output.stderr)
+            row = json.loads(output.stdout.strip().splitlines()[-1])
+            rates[quantizer, adversarial] = row["steps_per_second"]
+            mode = "every 3rd step" if adversarial else "off"
+            print(
+                f"{quantizer:<9} {mode:<13} {row['steps_per_second']:8.3f} {1 / row['steps_per_second']:7.2f} "
+                f"{row['peak_rss_mb']:11.0f}"
+            )
+    for adversarial in (False, True):
+        overhead = rates["rvq", adversarial] / rates["ndvq", adversarial] - 1
+        print(f"NDVQ step time over RVQ, discriminator {'on' if adversarial else 'off'}: {overhead:+.1%}")
+
+
+if __name__ == "__main__":
+    main()

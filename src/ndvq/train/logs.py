@@ -1,0 +1,103 @@
+"""Training logs: metrics.jsonl always, TensorBoard when installed, codebook usage statistics."""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("ndvq")
+
+
+def codebook_usage(counts: torch.Tensor) -> tuple[list[float], list[int]]:
+    """counts [stages, K] of code occurrences -> per stage (entropy in bits, number of unused entries).
+
+    Stages with no occurrences (not used in the period) are left out, so the lists may be shorter.
+    """
+    entropies, unused = [], []
+    for row in counts.double():
+        total = row.sum()
+        if total == 0:
+            continue
+        p = row[row > 0] / total
+        entropies.append(float(-(p * torch.log2(p)).sum()))
+        unused.append(int((row == 0).sum()))
+    return entropies, unused
+
+
+class MetricLogger:
+    """Averages metrics between flushes; writes `metrics.jsonl` and TensorBoard events in the run directory."""
+
+    def __init__(self, run_dir: Path, codebooks: tuple[int, int], enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.sums: dict[str, float] = {}
+        self.count, self.last_step = 0, 0
+        self.code_counts = torch.zeros(codebooks, dtype=torch.long)  # [stages, K]
+        self.writer = None
+        if not enabled:
+            return
+        self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            log.warning("tensorboard is not installed: metrics go to metrics.jsonl only (pip install tensorboard)")
+
+    def add(self, step: int, metrics: dict[str, float], codes: torch.Tensor) -> None:
+        """Accumulate one step's metrics and its codes [B, n_q, T]."""
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count, self.last_step = self.count + 1, step
+        stages = codes.shape[1]
+        flat = codes.detach().transpose(0, 1).reshape(stages, -1).cpu()
+        self.code_counts[:stages].scatter_add_(1, flat, torch.ones_like(flat))
+
+    def flush(self, step: int) -> None:
+        """Write the averages since the last flush, and codebook usage over the same steps."""
+        if not self.enabled or not self.count:
+            return
+        averages = {name: total / self.count for name, total in self.sums.items()}
+        entropies, unused = codebook_usage(self.code_counts)
+        for stage, (entropy, dead) in enumerate(zip(entropies, unused, strict=True)):
+            averages[f"usage/entropy_bits_stage{stage + 1}"] = entropy
+            averages[f"usage/unused_stage{stage + 1}"] = dead
+        self.scalars(step, averages)
+        self.sums, self.count = {}, 0
+        self.code_counts.zero_()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def examples(self, step: int, reference: torch.Tensor, decoded: torch.Tensor, rate: int, kbps: float) -> None:
+        """Audio and log-spectrogram images of reference/decoded pairs [N, 1, T] (TensorBoard only)."""
+        if self.writer is None:
+            return
+        for i, (ref, dec) in enumerate(zip(reference.cpu(), decoded.cpu(), strict=True)):
+            self.writer.add_audio(f"example{i}/reference", ref.clamp(-1, 1), step, sample_rate=rate)
+            self.writer.add_audio(f"example{i}/decoded_{kbps:g}kbps", dec.clamp(-1, 1), step, sample_rate=rate)
+            self.writer.add_image(f"example{i}/spectrogram_{kbps:g}kbps", _spectrogram_image(ref, dec), step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.flush(self.last_step)
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _spectrogram_image(*signals: torch.Tensor) -> torch.Tensor:
+    """Log-magnitude spectrograms of [1, T] signals stacked top to bottom, low frequencies down: [1, H, W] in [0, 1]."""
+    rows = []
+    for signal in signals:
+        spec = torch.stft(signal[0], 512, 128, window=torch.hann_window(512), return_complex=True).abs()
+        rows.append(torch.log10(spec.clamp(min=1e-5)).flip(0))
+    image = torch.cat(rows, dim=0)
+    image = (image - image.min()) / (image.max() - image.min() + 1e-8)
+    return image[None]

@@ -1,0 +1,119 @@
+"""Reconstruction and adversarial losses. Waveforms are [B, 1, T]."""
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale, 0 Hz to Nyquist, unnormalised: [n_mels, n_fft // 2 + 1]."""
+
+    def to_mel(hz: torch.Tensor) -> torch.Tensor:
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+
+    def to_hz(mel: torch.Tensor) -> torch.Tensor:
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    edges = to_hz(torch.linspace(0.0, float(to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+class LogMel(nn.Module):
+    """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop = n_fft / 4."""
+
+    def __init__(self, sample_rate: int, n_fft: int, n_mels: int = 64) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            wav.reshape(-1, wav.shape[-1]).float(),
+            self.n_fft,
+            hop_length=self.n_fft // 4,
+            window=self.window,
+            return_complex=True,
+        )
+        return torch.log10(torch.clamp(self.filters @ spec.abs().pow(2), min=1e-5))
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Mean over 7 scales (n_fft 32 .. 2048) of L1 + MSE between log-mel spectrograms."""
+
+    def __init__(self, sample_rate: int, n_mels: int = 64, scales: tuple[int, ...] = tuple(2**i for i in range(5, 12))):
+        super().__init__()
+        self.mels = nn.ModuleList(LogMel(sample_rate, n_fft, n_mels) for n_fft in scales)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for mel in self.mels:
+            x, y = mel(estimate), mel(target)
+            total = total + F.l1_loss(x, y) + F.mse_loss(x, y)
+        return total / len(self.mels)
+
+    @torch.no_grad()
+    def distance(self, estimate: torch.Tensor, target: torch.Tensor) -> float:
+        """Mel distance for reporting: mean over scales of the L1 between log-mels."""
+        return sum(F.l1_loss(mel(estimate), mel(target)).item() for mel in self.mels) / len(self.mels)
+
+
+def generator_adversarial_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge: mean over sub-discriminators of mean(relu(1 - D(x_hat)))."""
+    return sum(F.relu(1 - logits).mean() for logits in fake_logits) / len(fake_logits)
+
+
+def feature_matching_loss(
+    real_features: list[list[torch.Tensor]], fake_features: list[list[torch.Tensor]]
+) -> torch.Tensor:
+    """Relative feature matching: mean over layers of |D_l(x) - D_l(x_hat)|_1 / mean|D_l(x)|, real detached."""
+    terms = [
+        F.l1_loss(fake, real.detach()) / (real.detach().abs().mean() + 1e-8)
+        for real_layers, fake_layers in zip(real_features, fake_features, strict=True)
+        for real, fake in zip(real_layers, fake_layers, strict=True)
+    ]
+    return sum(terms) / len(terms)
+
+
+def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge: mean over sub-discriminators of mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat)))."""
+    pairs = zip(real_logits, fake_logits, strict=True)
+    return sum(F.relu(1 - real).mean() + F.relu(1 + fake).mean() for real, fake in pairs) / len(real_logits)
+
+
+class Balancer:
+    """EnCodec's gradient balancer: each loss's gradient w.r.t. the decoded waveform is rescaled so that
+    its share of the total gradient norm equals its weight's share, whatever the loss's own scale.
+
+    Gradient norms (per item) are tracked with an exponential moving average (decay 0.999).
+    """
+
+    def __init__(self, weights: dict[str, float], decay: float = 0.999, total_norm: float = 1.0) -> None:
+        self.weights, self.decay, self.total_norm = weights, decay, total_norm
+        self.averages: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def gradient(self, losses: dict[str, torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+        """The balanced gradient w.r.t. `output` (detached): backpropagate it with (output * g).sum()."""
+        gradients = {name: torch.autograd.grad(loss, [output], retain_graph=True)[0] for name, loss in losses.items()}
+        total_weight = sum(self.weights[name] for name in losses)
+        combined = torch.zeros_like(output)
+        for name, grad in gradients.items():
+            norm = grad.norm(p=2).item() / math.sqrt(output.shape[0])
+            self.averages[name] = self.decay * self.averages.get(name, 0.0) + norm
+            self.counts[name] = self.decay * self.counts.get(name, 0.0) + 1.0
+            average = self.averages[name] / self.counts[name]
+            combined = combined + self.total_norm * self.weights[name] / total_weight / (average + 1e-12) * grad
+        return combined.detach()
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        return {"averages": dict(self.averages), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        self.averages, self.counts = dict(state["averages"]), dict(state["counts"])

@@ -1,0 +1,348 @@
+"""The training loop: one process per device, PyTorch DDP across processes (torchrun), exact resume."""
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ndvq.codec import Codec
+from ndvq.config import CodecConfig
+from ndvq.errors import NdvqError
+from ndvq.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ndvq.train.config import TrainConfig, save_config
+from ndvq.train.data import AudioDataset
+from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
+from ndvq.train.logs import MetricLogger
+from ndvq.train.losses import (
+    Balancer,
+    MultiScaleMelLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
+
+log = logging.getLogger("ndvq")
+CHECKPOINT_VERSION = 1
+RESUMABLE_CHANGES = {"steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"}
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Trains a Codec and its discriminator from a TrainConfig, writing checkpoints and logs to `run_dir`."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False) -> None:
+        self.config = config.validate()
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = _rank()
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+        if config.precision == "bf16" and not cuda:
+            raise NdvqError("precision: bf16 autocast needs a GPU; use fp32 on the CPU")
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        codec_config = config.codec_config()
+        self.codec = Codec(codec_config).to(self.device).train()
+        self.discriminator = MultiScaleSTFTDiscriminator(config.discriminator.scales, config.discriminator.filters)
+        self.discriminator.to(self.device).train()
+        self.model = self.codec
+        if self.world > 1:  # unused parameters: codebooks beyond this step's n_q
+            self.model = DistributedDataParallel(self.codec, find_unused_parameters=True)
+        optim = config.optim
+        adam = dict(lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+        self.optimizer = torch.optim.Adam(self.codec.parameters(), **adam)
+        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)
+        weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
+        self.balancer = Balancer(weights) if config.loss.balancer else None
+
+        data = config.data
+        self.dataset = AudioDataset(
+            data.train, codec_config.sample_rate, data.segment_seconds, data.min_seconds, data.max_seconds, config.seed
+        )
+        self.valid_batch = self._validation_batch() if data.valid and self.rank == 0 else None
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+        self._prepare_run_dir(resume)
+        torch.manual_seed(config.seed * 1000 + self.rank)  # per-rank noise for sampling from here on
+        if resume:
+            self._restore()
+        codebooks = (codec_config.num_codebooks, codec_config.codebook_size)
+        self.logger = MetricLogger(self.run_dir, codebooks, enabled=self.rank == 0)
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        exists = latest_checkpoint(self.run_dir) is not None
+        if exists and not resume:
+            raise NdvqError(
+                f"{self.run_dir}: already holds a run; pass --resume to continue it or choose another directory"
+            )
+        if resume and not exists:
+            raise NdvqError(f"{self.run_dir}: no checkpoint to resume from")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+
+    def _validation_batch(self) -> torch.Tensor:
+        data = self.config.data
+        rate = self.codec.sample_rate
+        dataset = AudioDataset(data.valid, rate, data.segment_seconds, data.min_seconds, data.max_seconds, seed=12345)
+        items = [dataset[i % len(dataset)] for i in range(min(data.valid_items, max(len(dataset), 1)))]
+        return torch.stack(items).to(self.device)
+
+    # --- data ----------------------------------------------------------------------------------------
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's sample order for an epoch: a permutation seeded by (seed, epoch), tiled to fill a batch."""
+        size = len(self.dataset)
+        batch = self.config.data.batch_size
+        total = max(size, batch * self.world)
+        total += -total % self.world
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=generator).repeat(math.ceil(total / size))[:total]
+        return order[self.rank :: self.world].tolist()
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """Batches from where the run stands (epoch, batch_in_epoch), on and on."""
+        batch_size = self.config.data.batch_size
+        while True:
+            indices = self._epoch_indices(self.epoch)
+            batches = [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+            self.dataset.set_epoch(self.epoch)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=batches[self.batch_in_epoch :],
+                num_workers=self.config.data.num_workers,
+                generator=torch.Generator(),  # leaves the global RNG alone, so that resuming is exact
+                pin_memory=self.device.type == "cuda",
+            )
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch.to(self.device, non_blocking=True)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _bandwidth(self, step: int) -> float:
+        """This step's bandwidth: a draw seeded by (seed, step), hence the same on every rank and on resume."""
+        choices = self.config.bandwidths or self.codec.bandwidths
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        return choices[int(torch.randint(len(choices), (1,), generator=generator))]
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self, wav: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """One generator update (and a discriminator update when scheduled) on wav [B, 1, T].
+
+        Returns the step's metrics and its codes [B, n_q, frames].
+        """
+        config, weights = self.config, self.config.loss
+        bandwidth = self._bandwidth(self.step)
+        adversarial = self.step >= config.discriminator.start_step
+        self.discriminator.requires_grad_(False)
+        with self._autocast():
+            output = self.model(wav, self.codec.stages(bandwidth))
+        decoded = output.wav.float()
+        losses = {"waveform": F.l1_loss(decoded, wav), "mel": self.mel_loss(decoded, wav)}
+        if adversarial:
+            fake_logits, fake_features = self.discriminator(decoded)
+            with torch.no_grad():
+                _, real_features = self.discriminator(wav)
+            losses["adversarial"] = generator_adversarial_loss(fake_logits)
+            losses["feature"] = feature_matching_loss(real_features, fake_features)
+        quantizer_loss = sum(output.losses.values())
+        if self.balancer is not None:
+            combined = self.balancer.gradient(losses, decoded)
+            total = (decoded * combined).sum() + weights.quantizer * quantizer_loss
+        else:
+            total = sum(getattr(weights, name) * value for name, value in losses.items())
+            total = total + weights.quantizer * quantizer_loss
+        self._stop_if_not_finite(total, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), config.optim.grad_clip)
+        self._set_learning_rate()
+        self.optimizer.step()
+
+        metrics = {name: value.item() for name, value in losses.items()}
+        metrics.update({f"quantizer/{name}": value.item() for name, value in output.losses.items()})
+        metrics.update(total=total.item(), bandwidth=bandwidth, grad_norm=grad_norm.item())
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if adversarial and (self.step - config.discriminator.start_step) % config.discriminator.every == 0:
+            metrics.update(self._discriminator_step(wav, decoded.detach()))
+        return metrics, output.codes
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        self.discriminator.requires_grad_(True)
+        real_logits, _ = self.discriminator(real)
+        fake_logits, _ = self.discriminator(fake)
+        loss = discriminator_loss(real_logits, fake_logits)
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:  # the discriminator is not DDP-wrapped (it runs three times a step): average by hand
+            for parameter in self.discriminator.parameters():
+                if parameter.grad is not None:
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= self.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.config.optim.grad_clip)
+        for group in self.discriminator_optimizer.param_groups:
+            group["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.discriminator_optimizer.step()
+        return {"discriminator": loss.item(), "discriminator_grad_norm": grad_norm.item()}
+
+    def _set_learning_rate(self) -> None:
+        optim = self.config.optim
+        lr = optim.lr * min(1.0, (self.step + 1) / max(1, optim.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _stop_if_not_finite(self, total: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        finite = torch.isfinite(total.detach()).float()
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            bad = [name for name, value in losses.items() if not torch.isfinite(value)] or ["quantizer"]
+            last = latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise NdvqError(f"non-finite loss ({', '.join(bad)}) at step {self.step}; stopped, {kept}")
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> Codec:
+        """Train until `config.steps`; returns the (unwrapped) codec."""
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
+        batches = self._batches()
+        try:
+            while self.step < config.steps:
+                metrics, codes = self.train_step(next(batches))
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(
+                    bw=f"{metrics['bandwidth']:g}", mel=f"{metrics['mel']:.3f}", total=f"{metrics['total']:.3f}"
+                )
+                self.logger.add(self.step, metrics, codes)
+                if self.step % config.log_every == 0:
+                    self.logger.flush(self.step)
+                if self.valid_batch is not None and self.step % config.valid_every == 0:
+                    self.validate()
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self.save()
+        finally:
+            bar.close()
+            self.logger.close()
+        return self.codec
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mel distance on the fixed validation crops at the lowest, a middle and the highest bandwidth."""
+        self.codec.eval()
+        bandwidths = self.codec.bandwidths
+        results = {}
+        for bandwidth in sorted({bandwidths[0], bandwidths[len(bandwidths) // 2], bandwidths[-1]}):
+            decoded = self.codec(self.valid_batch, self.codec.stages(bandwidth)).wav
+            results[f"valid/mel_distance_{bandwidth:g}kbps"] = self.mel_loss.distance(decoded, self.valid_batch)
+            if bandwidth == bandwidths[len(bandwidths) // 2]:
+                self.logger.examples(self.step, self.valid_batch[:2], decoded[:2], self.codec.sample_rate, bandwidth)
+        self.codec.train()
+        self.logger.scalars(self.step, results)
+        return results
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def _rng_states(self) -> list[dict[str, torch.Tensor]]:
+        """Every rank's random generator states (CPU, and CUDA where used), gathered to all ranks."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world == 1:
+            return [state]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def save(self) -> None:
+        rng = self._rng_states()
+        if self.rank != 0:
+            return
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.world,
+            "config": self.config.to_dict(),
+            "codec_config": self.codec.config.to_dict(),
+            "generator": self.codec.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+            "balancer": self.balancer.state_dict() if self.balancer else None,
+            "rng": rng,
+        }
+        save_checkpoint(self.run_dir, self.step, state, self.config.keep_checkpoints)
+
+    def _restore(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        state = load_checkpoint(path)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise NdvqError(f"{path}: unsupported checkpoint version {state.get('version')}")
+        saved, current = dict(state["config"]), self.config.to_dict()
+        changed = sorted(k for k in set(saved) | set(current) if json.dumps(saved.get(k)) != json.dumps(current.get(k)))
+        changed = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise NdvqError(f"{path}: the config differs from the run's in {', '.join(changed)}; resume with the same")
+        if state["world_size"] != self.world:
+            raise NdvqError(f"{path}: saved with {state['world_size']} processes, resumed with {self.world}")
+        self.codec.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        if self.balancer is not None:
+            self.balancer.load_state_dict(state["balancer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        rng = state["rng"][self.rank]
+        torch.set_rng_state(rng["cpu"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        log.info("resumed %s at step %d", path, self.step)
+
+
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Codec:
+    """Write the latest checkpoint's codec as a model directory that `Codec.load` and `--model` accept."""
+    path = latest_checkpoint(Path(run_dir))
+    if path is None:
+        raise NdvqError(f"{run_dir}: no checkpoint found")
+    state = load_checkpoint(path)
+    codec = Codec(CodecConfig.from_dict(state["codec_config"], str(path)))
+    codec.load_state_dict(state["generator"])
+    codec.eval().save(out_dir)
+    return codec
+
+
+def run(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False) -> None:
+    """Train, as one process of a torchrun launch when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        Trainer(config, run_dir, resume).fit()
+    finally:
+        if distributed:
+            dist.destroy_process_group()

@@ -1,0 +1,187 @@
+"""Training: learning, distributed consistency, exact resume, failure handling, export."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ndvq import Codec, NdvqError
+from ndvq.cli import main
+from ndvq.train.config import load_config
+from ndvq.train.trainer import Trainer, export
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture
+def corpus(tmp_path, speech) -> Path:
+    """A training folder: two short real speech clips."""
+    wav, rate = speech
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    sf.write(folder / "a.wav", wav[0, :12000], rate)
+    sf.write(folder / "b.flac", wav[0, 12000:24000], rate)
+    return folder
+
+
+def tiny_config(corpus: Path, *overrides: str):
+    return load_config(CONFIGS / "tiny.yaml", [f"data.train={corpus}", f"data.valid={corpus}", *overrides])
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {f"g.{k}": v for k, v in trainer.codec.state_dict().items()}
+    state.update({f"d.{k}": v for k, v in trainer.discriminator.state_dict().items()})
+    return state
+
+
+@pytest.mark.parametrize("quantizer", ["ndvq", "rvq"])
+def test_tiny_model_overfits_one_clip(tmp_path, speech, quantizer: str) -> None:
+    wav, rate = speech
+    (tmp_path / "one").mkdir()
+    sf.write(tmp_path / "one" / "clip.wav", wav[0, 4000:8000], rate)
+    config = tiny_config(
+        tmp_path / "one",
+        f"quantizer={quantizer}",
+        "steps=40",
+        "data.segment_seconds=0.25",
+        "discriminator.start_step=1000",
+        "optim.lr=3e-3",
+        "valid_every=1000",
+        "checkpoint_every=1000",
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    clip = torch.from_numpy(wav[:, 4000:8000])[None]
+
+    def distance() -> float:
+        trainer.codec.eval()
+        with torch.no_grad():
+            value = trainer.mel_loss.distance(trainer.codec(clip, 4).wav, clip)
+        trainer.codec.train()
+        return value
+
+    before = distance()
+    trainer.fit()
+    after = distance()
+    assert after < 0.6 * before, (before, after)
+
+
+def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys) -> None:
+    Trainer(tiny_config(corpus), tmp_path / "run").fit()
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000004", "step-00000008"]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    for key in ("mel", "adversarial", "discriminator", "usage/entropy_bits_stage1", "valid/mel_distance_8kbps"):
+        assert f'"{key}"' in metrics
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "model")]) == 0
+    model = Codec.load(tmp_path / "model")
+    assert model.config.quantizer == "ndvq"
+    source = corpus / "a.wav"
+    assert (
+        main(["roundtrip", str(source), str(tmp_path / "out.wav"), "--model", str(tmp_path / "model"), "-b", "8"]) == 0
+    )
+    assert "untrained" not in capsys.readouterr().err
+
+
+def test_resume_continues_exactly(tmp_path, corpus) -> None:
+    overrides = ("steps=8", "checkpoint_every=4", "data.num_workers=1", "discriminator.start_step=2")
+    straight = Trainer(tiny_config(corpus, *overrides), tmp_path / "straight")
+    straight.fit()
+    Trainer(tiny_config(corpus, *overrides[1:], "steps=4"), tmp_path / "stopped").fit()
+    resumed = Trainer(tiny_config(corpus, *overrides), tmp_path / "stopped", resume=True)
+    assert resumed.step == 4
+    resumed.fit()
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_dir_and_resume_are_checked(tmp_path, corpus) -> None:
+    with pytest.raises(NdvqError, match="no checkpoint to resume from"):
+        Trainer(tiny_config(corpus), tmp_path / "run", resume=True)
+    Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()
+    with pytest.raises(NdvqError, match="already holds a run"):
+        Trainer(tiny_config(corpus), tmp_path / "run")
+    with pytest.raises(NdvqError, match="config differs from the run's in quantizer"):
+        Trainer(tiny_config(corpus, "quantizer=rvq"), tmp_path / "run", resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus, monkeypatch) -> None:
+    trainer = Trainer(tiny_config(corpus, "checkpoint_every=2"), tmp_path / "run")
+    mel = trainer.mel_loss.forward
+
+    def poisoned(estimate, target):
+        value = mel(estimate, target)
+        return value * float("nan") if trainer.step == 3 else value
+
+    monkeypatch.setattr(trainer.mel_loss, "forward", poisoned)
+    with pytest.raises(NdvqError, match=r"non-finite loss \(mel\) at step 3; stopped, the last good checkpoint is"):
+        trainer.fit()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    model = export(tmp_path / "run", tmp_path / "model")
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def test_balancer_option_trains(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.balancer=true", "steps=6"), tmp_path / "run")
+    trainer.fit()
+    assert set(trainer.balancer.averages) == {"waveform", "mel", "adversarial", "feature"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["colour=red"], "unknown config key colour"),
+        (["data.batch=3"], "unknown config key data.batch"),
+        (["steps=many"], "steps: expected int"),
+        (["quantizer=pq"], "quantizer: must be one of ndvq, rvq"),
+        (["bandwidths=[3.0]"], r"bandwidths: \[3.0\] are not bitrates"),
+        (["nokey"], "expected key=value"),
+    ],
+)
+def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:
+    with pytest.raises(NdvqError, match=message):
+        tiny_config(corpus, *overrides).validate()
+
+
+def test_train_command_reports_config_errors(tmp_path, capsys) -> None:
+    code = main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--run-dir", str(tmp_path / "r"), "steps=x"])
+    assert code == 1 and capsys.readouterr().err.strip() == "ndvq: error: steps: expected int, got 'x'"
+
+
+def _two_rank_worker(rank: int, init_file: str, corpus: str, run_dir: str, result: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny_config(Path(corpus), "steps=4", "discriminator.start_step=1"), run_dir)
+    trainer.fit()
+    gathered = [None, None]
+    dist.all_gather_object(gathered, weights(trainer))
+    if rank == 0:
+        a, b = gathered
+        Path(result).write_text("same" if all(torch.equal(a[k], b[k]) for k in a) else "different")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_keep_identical_weights(tmp_path, corpus) -> None:
+    result = tmp_path / "result"
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(corpus), str(tmp_path / "run"), str(result)), nprocs=2)
+    assert result.read_text() == "same"
+    assert (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
+
+
+def test_mel_filterbank_and_losses() -> None:
+    from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
+    from ndvq.train.losses import MultiScaleMelLoss, feature_matching_loss, mel_filterbank
+
+    bank = mel_filterbank(16000, 1024, 64)
+    assert bank.shape == (64, 513) and (bank >= 0).all() and (bank.max(1).values > 0.5).all()
+    x = 0.1 * torch.randn(2, 1, 4000)
+    loss = MultiScaleMelLoss(16000)
+    assert loss(x, x).item() == 0.0 and loss(x, 0.5 * x).item() > 0.0
+    discriminator = MultiScaleSTFTDiscriminator((256, 128), filters=8)
+    logits, features = discriminator(x)
+    assert len(logits) == 2 and len(features[0]) == 5
+    assert feature_matching_loss(features, features).item() == 0.0
+    assert np.isclose(feature_matching_loss(features, discriminator(2 * x)[1]).item(), 1.0, atol=0.5)
