@@ -172,8 +172,9 @@ def test_two_gloo_ranks_keep_identical_weights(tmp_path, corpus) -> None:
 
 
 def test_mel_filterbank_and_losses() -> None:
+    from ndvq.modules.spectral import mel_filterbank
     from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
-    from ndvq.train.losses import MultiScaleMelLoss, feature_matching_loss, mel_filterbank
+    from ndvq.train.losses import MultiScaleMelLoss, feature_matching_loss
 
     bank = mel_filterbank(16000, 1024, 64)
     assert bank.shape == (64, 513) and (bank >= 0).all() and (bank.max(1).values > 0.5).all()

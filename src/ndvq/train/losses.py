@@ -6,42 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """Triangular filters on the HTK mel scale, 0 Hz to Nyquist, unnormalised: [n_mels, n_fft // 2 + 1]."""
-
-    def to_mel(hz: torch.Tensor) -> torch.Tensor:
-        return 2595.0 * torch.log10(1.0 + hz / 700.0)
-
-    def to_hz(mel: torch.Tensor) -> torch.Tensor:
-        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    edges = to_hz(torch.linspace(0.0, float(to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins - lower) / (centre - lower)
-    falling = (upper - bins) / (upper - centre)
-    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
-
-
-class LogMel(nn.Module):
-    """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop = n_fft / 4."""
-
-    def __init__(self, sample_rate: int, n_fft: int, n_mels: int = 64) -> None:
-        super().__init__()
-        self.n_fft = n_fft
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            wav.reshape(-1, wav.shape[-1]).float(),
-            self.n_fft,
-            hop_length=self.n_fft // 4,
-            window=self.window,
-            return_complex=True,
-        )
-        return torch.log10(torch.clamp(self.filters @ spec.abs().pow(2), min=1e-5))
+from ndvq.modules.spectral import LogMel
 
 
 class MultiScaleMelLoss(nn.Module):

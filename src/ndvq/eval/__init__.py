@@ -1,0 +1,1 @@
+"""Evaluation: metrics, codec comparison, codebook usage, robustness, reports."""

@@ -1,0 +1,132 @@
+"""Quality metrics on reference/decoded pairs of mono signals, each in its standard form.
+
+Every metric runs at 16 kHz (signals are resampled with soxr), after alignment and length matching.
+A metric that fails on a pair is reported as an error string, never replaced by a value.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ndvq.audio import resample
+from ndvq.modules.spectral import LogMagnitude, LogMel
+
+RATE = 16000
+VISQOL_MAPPER = "polynomial (visqol-python speech mode, use_lattice_model=False)"
+# name -> (higher is better, description)
+METRICS: dict[str, tuple[bool, str]] = {
+    "pesq_wb": (True, "PESQ wide-band, ITU-T P.862.2, MOS-LQO"),
+    "pesq_nb": (True, "PESQ narrow-band, ITU-T P.862, MOS-LQO"),
+    "stoi": (True, "STOI (Taal et al. 2011), 0 to 1"),
+    "visqol": (True, f"ViSQOL v3 speech mode, MOS-LQO, mapper: {VISQOL_MAPPER}"),
+    "mel_distance": (False, "mean L1 of log10 mel (64 bins) over n_fft 32..2048, hop n_fft/4"),
+    "stft_distance": (False, "mean L1 of log10 |STFT| over windows 2048 and 512, hop window/4"),
+    "si_sdr": (True, "scale-invariant SDR, dB"),
+}
+
+
+@dataclass
+class Scores:
+    values: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def align(reference: np.ndarray, degraded: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shift `degraded` by the lag (|lag| <= max_lag samples) maximising cross-correlation, then cut both
+    to their common length. Inputs are 1-D."""
+    size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
+    correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    lag = int(lags[np.argmax(correlation[lags])])
+    if lag > 0:
+        degraded = degraded[lag:]
+    elif lag < 0:
+        degraded = np.concatenate([np.zeros(-lag, degraded.dtype), degraded])
+    length = min(len(reference), len(degraded))
+    return reference[:length], degraded[:length]
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-10) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), zero-mean signals.
+
+    Energies are regularised by `eps`, so identical signals give a large finite value, not infinity.
+    """
+    reference = reference.astype(np.float64) - reference.mean()
+    estimate = estimate.astype(np.float64) - estimate.mean()
+    target = (np.dot(estimate, reference) + eps) / (np.dot(reference, reference) + eps) * reference
+    noise = estimate - target
+    return float(10 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
+
+
+_MEL = [LogMel(RATE, 2**i) for i in range(5, 12)]
+_STFT = [LogMagnitude(2048), LogMagnitude(512)]
+
+
+def _spectral_distance(transforms: list[torch.nn.Module], reference: np.ndarray, estimate: np.ndarray) -> float:
+    x, y = torch.from_numpy(reference)[None, None], torch.from_numpy(estimate)[None, None]
+    with torch.no_grad():
+        return float(np.mean([(t(x) - t(y)).abs().mean().item() for t in transforms]))
+
+
+def _pesq(mode: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def score(reference: np.ndarray, estimate: np.ndarray) -> float:
+        from pesq import pesq
+
+        return float(pesq(RATE, reference, estimate, mode))
+
+    return score
+
+
+def _stoi(reference: np.ndarray, estimate: np.ndarray) -> float:
+    from pystoi import stoi
+
+    return float(stoi(reference, estimate, RATE, extended=False))
+
+
+_VISQOL = None
+
+
+def _visqol(reference: np.ndarray, estimate: np.ndarray) -> float:
+    global _VISQOL
+    if _VISQOL is None:
+        from visqol import VisqolApi
+
+        _VISQOL = VisqolApi()
+        _VISQOL.create(mode="speech", use_lattice_model=False)
+    return float(_VISQOL.measure_from_arrays(reference.astype(np.float64), estimate.astype(np.float64), RATE).moslqo)
+
+
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "pesq_wb": _pesq("wb"),
+    "pesq_nb": _pesq("nb"),
+    "stoi": _stoi,
+    "visqol": _visqol,
+    "mel_distance": lambda r, e: _spectral_distance(_MEL, r, e),
+    "stft_distance": lambda r, e: _spectral_distance(_STFT, r, e),
+    "si_sdr": si_sdr,
+}
+
+
+def prepare(reference: np.ndarray, estimate: np.ndarray, rate: int, max_lag_seconds: float = 0.1):
+    """Mono 1-D float32 at 16 kHz, aligned and length-matched."""
+    reference, estimate = (
+        resample(np.atleast_2d(x).mean(0, keepdims=True), rate, RATE)[0] for x in (reference, estimate)
+    )
+    return align(reference, estimate, int(max_lag_seconds * RATE))
+
+
+def score(reference: np.ndarray, estimate: np.ndarray, rate: int, metrics: tuple[str, ...] = tuple(METRICS)) -> Scores:
+    """Score `estimate` against `reference` ([T] or [C, T] at `rate` Hz) with each named metric."""
+    reference, estimate = prepare(reference, estimate, rate)
+    scores = Scores()
+    for name in metrics:
+        try:
+            value = SCORERS[name](reference, estimate)
+            if not np.isfinite(value):
+                raise ValueError(f"non-finite result {value}")
+            scores.values[name] = value
+        except Exception as error:  # noqa: BLE001 - any failure of a third-party metric is reported, not raised
+            scores.errors[name] = f"{type(error).__name__}: {error}".strip()
+    return scores
