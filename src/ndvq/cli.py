@@ -161,10 +161,65 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.train=DIR steps=100")
+    evaluate = commands.add_parser("eval", help="Compare codecs on reference speech.", description=_EVAL_HELP)
+    evaluate.add_argument("references", type=Path, help="folder of audio files or a manifest (.tsv)")
+    evaluate.add_argument("--out", type=Path, required=True, help="results directory (also the cache)")
+    evaluate.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR", help="an NDVQ/RVQ model")
+    evaluate.add_argument("-b", "--bandwidth", nargs="+", default=["1.5", "3", "6"], help="model bitrates, kbps")
+    evaluate.add_argument("--opus", nargs="*", default=[], metavar="KBPS", help="Opus bitrates (opus-tools)")
+    evaluate.add_argument("--codec2", nargs="*", default=[], metavar="MODE", help="Codec2 modes, e.g. 3200 700C")
+    evaluate.add_argument("--metrics", nargs="+", default=None, help="subset of metrics (default: all)")
+    evaluate.add_argument("--limit", type=int, help="only the first N reference files")
+    evaluate.add_argument("--workers", type=int, default=1, help="worker processes")
+    evaluate.add_argument("--usage", action="store_true", help="codebook usage per stage instead")
+    evaluate.add_argument("--robustness", action="store_true", help="code robustness to noise instead")
     export = commands.add_parser("export", help="Export a training run as a model directory.")
     export.add_argument("run_dir", type=Path)
     export.add_argument("output", type=Path)
     return parser
+
+
+_EVAL_HELP = (
+    "Code reference audio with NDVQ/RVQ models and classical codecs at several bitrates and score it with "
+    "PESQ, STOI, ViSQOL, mel and STFT distance and SI-SDR; or, with --usage / --robustness, measure codebook "
+    "usage or the robustness of the codes to noise. Results are cached: rerun to resume."
+)
+
+
+def _model_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(label, model) pairs from --model [LABEL=]DIR."""
+    specs = []
+    for item in args.model:
+        label, sep, model = item.partition("=")
+        specs.append((label, model) if sep else (Path(item).name or item, item))
+    return specs
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ndvq.eval import compare
+
+    files = compare.reference_files(args.references, args.limit)
+    models = _model_specs(args)
+    if args.usage or args.robustness:
+        from ndvq.eval import experiments
+
+        if not models:
+            raise NdvqError("--usage and --robustness need at least one --model")
+        run = experiments.usage if args.usage else experiments.robustness
+        print(run(models, files, args.out, float(args.bandwidth[0])))
+        return 0
+    specs = [compare.SystemSpec("ndvq", label, tuple(args.bandwidth), model) for label, model in models]
+    if args.opus:
+        specs.append(compare.SystemSpec("opus", "opus", tuple(args.opus)))
+    if args.codec2:
+        specs.append(compare.SystemSpec("codec2", "codec2", tuple(args.codec2)))
+    if not specs:
+        raise NdvqError("nothing to evaluate: give --model, --opus or --codec2")
+    metrics = tuple(args.metrics) if args.metrics else tuple(compare.METRICS)
+    rows = compare.evaluate(specs, files, args.out, metrics, args.workers)
+    print(compare.write_results(args.out, rows, metrics))
+    print(f"results: {args.out}/summary.md, summary.csv, summary.json, per_utterance.csv")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -192,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command in ("train", "export"):
             return _train(args)
+        if args.command == "eval":
+            return _evaluate(args)
         if not args.input.exists():
             raise NdvqError(f"{args.input}: no such file or directory")
         codec = _load_model(args.model)

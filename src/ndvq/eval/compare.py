@@ -1,0 +1,211 @@
+"""`ndvq eval`: code reference audio with several codecs at several bitrates and score every pair.
+
+Each (codec, bitrate, file) result is cached as JSON under RESULTS/cache, so an interrupted evaluation
+resumes where it stopped. Outputs: summary.md, summary.csv, summary.json, per_utterance.csv.
+"""
+
+import csv
+from dataclasses import dataclass
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from pathlib import Path
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ndvq.audio import AUDIO_SUFFIXES, atomic_path, read_audio, write_audio
+from ndvq.errors import NdvqError
+from ndvq.eval.metrics import METRICS, VISQOL_MAPPER, score
+from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What a worker needs to build a codec: kind ("ndvq", "opus", "codec2"), label, model, bitrates."""
+
+    kind: str
+    label: str
+    bitrates: tuple[str, ...]
+    model: str = ""
+
+    def build(self) -> Any:
+        if self.kind == "ndvq":
+            return NdvqSystem(self.label, self.model)
+        return {"opus": OpusSystem, "codec2": Codec2System}[self.kind]()
+
+
+def reference_files(source: Path, limit: int | None = None) -> list[Path]:
+    """Audio files below a folder, or listed in a manifest (.tsv), sorted; the first `limit`."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    elif source.suffix == ".tsv":
+        from ndvq.train.corpus import read_manifest
+
+        files = [path for path, _ in read_manifest(source)]
+    else:
+        raise NdvqError(f"{source}: expected a folder of audio files or a manifest (.tsv)")
+    if not files:
+        raise NdvqError(f"{source}: no audio files")
+    return files[:limit]
+
+
+_SYSTEMS: dict[str, Any] = {}
+
+
+def _worker_init(specs: list[SystemSpec]) -> None:
+    torch.set_num_threads(1)
+    for spec in specs:
+        _SYSTEMS[spec.label] = spec.build()
+
+
+def _key(path: Path) -> str:
+    return f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
+
+
+def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> dict[str, Any]:
+    label, bitrate, path, cache, metrics, example = job
+    system = _SYSTEMS[label]
+    wav, rate = read_audio(path)
+    coded = system.code(wav, rate, bitrate)
+    scores = score(wav, coded.audio, rate, metrics)
+    seconds = wav.shape[1] / rate
+    row = {
+        "codec": label,
+        "bitrate": bitrate,
+        "nominal_kbps": system.kbps(bitrate),
+        "file": path,
+        "seconds": seconds,
+        "bytes": coded.bytes,
+        "measured_kbps": coded.bytes * 8 / seconds / 1000,
+        **scores.values,
+        "errors": scores.errors,
+    }
+    if example:
+        write_audio(example, coded.audio, rate)
+    with atomic_path(cache) as temporary:
+        temporary.write_text(json.dumps(row))
+    return row
+
+
+def evaluate(
+    specs: list[SystemSpec],
+    files: list[Path],
+    out_dir: Path,
+    metrics: tuple[str, ...] = tuple(METRICS),
+    workers: int = 1,
+    examples: int = 3,
+) -> list[dict[str, Any]]:
+    """Score every (codec, bitrate, file); returns the per-utterance rows (cached ones included)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise NdvqError(f"unknown metrics {unknown} (metrics: {', '.join(METRICS)})")
+    for spec in specs:  # fail early, in one line, on a missing tool or a bad model or bitrate
+        system = spec.build()
+        for bitrate in spec.bitrates:
+            if spec.kind == "ndvq":
+                system.codec.stages(float(bitrate))
+            else:
+                system.kbps(bitrate)
+    rows, jobs = [], []
+    for spec in specs:
+        for bitrate in spec.bitrates:
+            for index, path in enumerate(files):
+                cache = out_dir / "cache" / spec.label / bitrate / f"{_key(path)}.json"
+                if cache.is_file():
+                    rows.append(json.loads(cache.read_text()))
+                    continue
+                example = None
+                if index < examples:
+                    example = str(out_dir / "examples" / spec.label / bitrate / f"{_key(path)}.flac")
+                jobs.append((spec.label, bitrate, str(path), str(cache), metrics, example))
+    bar = tqdm(total=len(jobs), unit="item", desc="eval", disable=not jobs)
+    if workers <= 1:
+        _worker_init(specs)
+        for job in jobs:
+            rows.append(_evaluate(job))
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_worker_init, initargs=(specs,)) as pool:
+            for row in pool.imap_unordered(_evaluate, jobs):
+                rows.append(row)
+                bar.update()
+    bar.close()
+    return sorted(rows, key=lambda r: (r["codec"], r["nominal_kbps"], r["file"]))
+
+
+def summarise(rows: list[dict[str, Any]], metrics: tuple[str, ...] = tuple(METRICS)) -> list[dict[str, Any]]:
+    """Per (codec, bitrate): item count, measured bitrate, and per metric mean, 95% CI and failure count.
+
+    The interval is mean +/- 1.96 standard errors (normal approximation).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["codec"], row["bitrate"]), []).append(row)
+    summary = []
+    for (codec, bitrate), items in groups.items():
+        entry = {
+            "codec": codec,
+            "bitrate": bitrate,
+            "nominal_kbps": items[0]["nominal_kbps"],
+            "items": len(items),
+            "measured_kbps": sum(r["bytes"] for r in items) * 8 / sum(r["seconds"] for r in items) / 1000,
+        }
+        for name in metrics:
+            values = np.array([r[name] for r in items if name in r], dtype=np.float64)
+            entry[f"{name}_failed"] = len(items) - len(values)
+            entry[name] = float(values.mean()) if len(values) else None
+            entry[f"{name}_ci95"] = (
+                float(1.96 * values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+            )
+        summary.append(entry)
+    return sorted(summary, key=lambda e: (e["codec"], e["nominal_kbps"]))
+
+
+def markdown_table(summary: list[dict[str, Any]], metrics: tuple[str, ...] = tuple(METRICS)) -> str:
+    arrows = {name: "↑" if METRICS[name][0] else "↓" for name in metrics}
+    header = ["codec", "kbps", "kbps in file", "n", *(f"{name} {arrows[name]}" for name in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in summary:
+        cells = [entry["codec"], entry["bitrate"], f"{entry['measured_kbps']:.2f}", str(entry["items"])]
+        for name in metrics:
+            mean, ci, failed = entry[name], entry[f"{name}_ci95"], entry[f"{name}_failed"]
+            cell = "failed" if mean is None else f"{mean:.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
+            cells.append(cell + (f" ({failed} failed)" if failed and mean is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, rows: list[dict[str, Any]], metrics: tuple[str, ...] = tuple(METRICS)) -> str:
+    """Write summary.md/.csv/.json and per_utterance.csv; return the Markdown table."""
+    summary = summarise(rows, metrics)
+    table = markdown_table(summary, metrics)
+    notes = [f"- {name}: {METRICS[name][1]}" for name in metrics]
+    notes.append("- ± is a 95% confidence interval of the mean (1.96 standard errors); kbps in file: bytes written")
+    notes.append(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    with atomic_path(out_dir / "summary.md") as path:
+        path.write_text(table + "\n\n" + "\n".join(notes) + "\n")
+    document = {
+        "metrics": {name: METRICS[name][1] for name in metrics},
+        "visqol_mapper": VISQOL_MAPPER,
+        "summary": summary,
+    }
+    with atomic_path(out_dir / "summary.json") as path:
+        path.write_text(json.dumps(document, indent=2))
+    _write_csv(out_dir / "summary.csv", summary)
+    _write_csv(out_dir / "per_utterance.csv", [{**r, "errors": json.dumps(r["errors"])} for r in rows])
+    return table
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
