@@ -173,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=1, help="worker processes")
     evaluate.add_argument("--usage", action="store_true", help="codebook usage per stage instead")
     evaluate.add_argument("--robustness", action="store_true", help="code robustness to noise instead")
+    from ndvq.train.corpus import add_data_parser
+
+    add_data_parser(commands)
     export = commands.add_parser("export", help="Export a training run as a model directory.")
     export.add_argument("run_dir", type=Path)
     export.add_argument("output", type=Path)
@@ -249,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _evaluate(args)
+        if args.command == "data":
+            from ndvq.train.corpus import run_data_command
+
+            return run_data_command(args)
         if not args.input.exists():
             raise NdvqError(f"{args.input}: no such file or directory")
         codec = _load_model(args.model)
