@@ -1,7 +1,10 @@
 """Codec speed and memory: real-time factor of encode and decode and peak RSS, per preset and duration,
 and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 
-    python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k]
+    python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k] [--encodec]
+
+--encodec needs `pip install --no-deps encodec==0.1.1 einops` (with its dependencies, encodec would pull a
+torchaudio that replaces torch).
 
 Each (preset, duration) runs in its own process so that its peak RSS is its own. The input is the
 bundled speech clip, repeated to the duration. Weights are the presets' untrained ones: speed and
@@ -15,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -82,12 +86,34 @@ def measure_quantizers(frames: int, n_q: int) -> list[dict]:
     return rows
 
 
+def measure_against_encodec(seconds: float, bandwidth: float) -> dict:
+    """EnCodec's own 24 kHz model (the `encodec` package, random weights: its pretrained weights cannot be
+    downloaded here) and paper-24k on the same input, encode + decode of tensors at the same bitrate."""
+    try:
+        import torchaudio  # noqa: F401
+    except Exception:  # encodec imports torchaudio for file I/O only, which is not used here
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    from encodec import EncodecModel
+
+    wav = 0.1 * torch.randn(1, 1, int(24000 * seconds))
+    encodec = EncodecModel.encodec_model_24khz(pretrained=False).eval()
+    encodec.set_target_bandwidth(bandwidth)
+    ours = Codec.from_preset("paper-24k")
+    with torch.no_grad():
+        times = {
+            "encodec": time_call(lambda: encodec.decode(encodec.encode(wav)), repeats=2) / 1000,
+            "paper-24k": time_call(lambda: ours.decode(*ours.encode(wav, bandwidth)), repeats=2) / 1000,
+        }
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--durations", type=float, nargs="+", default=[10.0, 600.0])
     parser.add_argument("--presets", nargs="+", default=["paper-24k", "speech-16k"], choices=list(PRESETS))
     parser.add_argument("--bandwidth", type=float, default=6.0)
+    parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,6 +148,12 @@ def main() -> None:
     ndvq, rvq = rows
     encode_ratio, train_ratio = ndvq["encode_ms"] / rvq["encode_ms"], ndvq["train_ms"] / rvq["train_ms"]
     print(f"  NDVQ / RVQ: encode x{encode_ratio:.2f}, train step x{train_ratio:.2f}")
+    if args.encodec:
+        times = measure_against_encodec(10.0, args.bandwidth)
+        print(f"10 s at {args.bandwidth:g} kbps, encode + decode, same input, same run (seconds, RTF):")
+        for name, seconds in times.items():
+            print(f"  {name:<10} {seconds:6.2f} s  RTF {seconds / 10:.3f}")
+        print(f"  paper-24k / EnCodec 24 kHz: x{times['paper-24k'] / times['encodec']:.2f}")
 
 
 if __name__ == "__main__":
