@@ -1,4 +1,8 @@
-"""Corpora as manifests: the embedded demo corpus (Debian's asterisk voice prompts) and LibriTTS."""
+"""Corpora as manifests: the embedded demo corpus (Debian's asterisk voice prompts) and LibriTTS.
+
+A manifest is a UTF-8 TSV file with the header `path<TAB>seconds` and one audio file per line, its path
+relative to the manifest's folder.
+"""
 
 import argparse
 import hashlib
@@ -18,120 +22,215 @@ from ndvq.errors import NdvqError
 log = logging.getLogger("ndvq")
 DEMO_PACKAGES = [f"asterisk-core-sounds-{lang}-g722" for lang in ("en", "es", "fr", "it", "ru")]
 SOUNDS = Path("usr/share/asterisk/sounds")
+DEMO_RATE = 16000
 LIBRITTS_SPLITS = {
     "train": ("train-clean-100", "train-clean-360", "train-other-500"),
     "valid": ("dev-clean",),
     "test": ("test-clean",),
 }
+SPLITS = ("train", "valid", "test")
+Summary = dict[str, dict[str, tuple[int, float]]]  # {group: {name: (files, minutes)}}
 
 
-def write_manifest(path: Path, rows: list[tuple[Path, float]]) -> None:
-    """Write a TSV manifest (`path<TAB>seconds`, paths relative to the manifest's folder), atomically."""
-    lines = ["path\tseconds"] + [f"{os.path.relpath(p, path.parent)}\t{s:.3f}" for p, s in rows]
+def write_manifest(path: str | os.PathLike, rows: list[tuple[Path, float]]) -> None:
+    """Write [(audio file, seconds)] as a manifest at `path`, atomically."""
+    path = Path(path)
+    lines = ["path\tseconds"]
+    for file, seconds in rows:
+        relative = Path(os.path.relpath(Path(file).absolute(), path.absolute().parent)).as_posix()
+        if "\t" in relative or "\n" in relative or "\r" in relative:
+            raise NdvqError(f"{file}: a path with a tab or line break cannot go in a manifest")
+        lines.append(f"{relative}\t{seconds:.3f}")
     with atomic_path(path) as temporary:
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def read_manifest(path: str | os.PathLike) -> list[tuple[Path, float]]:
+    """A manifest -> [(absolute path, seconds)]; NdvqError naming the file and line if it is malformed."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise NdvqError(f"{path}: cannot read manifest ({error})") from None
+    if not lines or lines[0].split("\t") != ["path", "seconds"]:
+        raise NdvqError(f"{path}:1: not a manifest (expected the header 'path<TAB>seconds')")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        try:
+            if len(fields) != 2 or not fields[0]:
+                raise ValueError
+            seconds = float(fields[1])
+            if not seconds >= 0:  # also rejects NaN
+                raise ValueError
+        except ValueError:
+            raise NdvqError(f"{path}:{number}: expected 'path<TAB>seconds', got {line!r}") from None
+        rows.append(((path.parent / fields[0]).resolve(), seconds))
+    return rows
+
+
 def split_of(name: str) -> str:
-    """A file's split from a hash of its name: about 90% train, 5% valid, 5% test, the same everywhere."""
+    """The split of a relative path (POSIX form) from its hash: ~90% train, 5% valid, 5% test, on any machine."""
     bucket = int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100
     return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
 
 
+def _require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        raise NdvqError(
+            f"{tool} not found: the demo corpus comes from Debian packages; on other systems train on any "
+            "folder of audio files instead (ndvq train ... data.train=/path/to/folder)"
+        )
+
+
 def download_demo_packages(work_dir: Path) -> Path:
-    """apt-get download the demo packages into work_dir and unpack them (no root needed): the unpacked root."""
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise NdvqError(
-                f"{tool} not found: the demo corpus comes from Debian packages; on other systems train on any "
-                "folder of audio files instead (ndvq train ... data.train=/path/to/folder)"
-            )
+    """`apt-get download` the demo packages into work_dir (no root needed) and unpack them: the unpacked root."""
+    _require("apt-get")
+    _require("dpkg-deb")
     work_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(["apt-get", "download", *DEMO_PACKAGES], cwd=work_dir, capture_output=True, text=True)
     if result.returncode:
         detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise NdvqError(f"apt-get download failed ({detail}); run 'apt-get update' first or pass --packages DIR")
-    return unpack(work_dir)
+        if "Unable to locate package" in result.stderr:
+            raise NdvqError(
+                f"apt-get download failed ({detail}): the package lists are missing; run 'apt-get update' "
+                "(as root) once, or pass --packages DIR with the .deb files"
+            )
+        raise NdvqError(f"apt-get download failed ({detail}); pass --packages DIR with the .deb files instead")
+    return unpack(work_dir, work_dir / "unpacked")
 
 
-def unpack(folder: Path) -> Path:
-    """Unpack every .deb in folder into folder/unpacked (a folder without .deb files is taken as unpacked)."""
+def unpack(folder: Path, target: Path) -> Path:
+    """Unpack every .deb in folder into target and return target; a folder without .deb files is returned as is
+    (taken to hold unpacked trees)."""
     debs = sorted(folder.glob("*.deb"))
     if not debs:
         return folder
-    root = folder / "unpacked"
+    _require("dpkg-deb")
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True)
-    return root
+        result = subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], capture_output=True, text=True)
+        if result.returncode:
+            detail = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise NdvqError(f"{deb}: cannot unpack ({detail})")
+    return target
 
 
-def build_demo_corpus(packages_root: Path, out_dir: Path) -> dict[str, tuple[int, float]]:
-    """Decode the G.722 prompts under packages_root to 16 kHz FLAC in out_dir/audio, copy the licences to
-    out_dir/licenses, write train/valid/test manifests. Returns {split: (files, minutes)}."""
-    import G722
+def _package_roots(folder: Path) -> list[Path]:
+    """Unpacked package trees: folder itself (packages unpacked together) and/or its subfolders (one per package)."""
+    return [root for root in [folder, *sorted(folder.glob("*"))] if (root / SOUNDS).is_dir()]
 
-    sounds = sorted((packages_root / SOUNDS).rglob("*.g722"))
+
+def _summarise(rows: dict[str, list[tuple[Path, float]]]) -> dict[str, tuple[int, float]]:
+    return {name: (len(items), sum(s for _, s in items) / 60) for name, items in rows.items()}
+
+
+def build_demo_corpus(packages_root: Path, out_dir: Path) -> Summary:
+    """Decode the G.722 prompts of unpacked asterisk-core-sounds-*-g722 packages to 16 kHz mono FLAC.
+
+    Writes out_dir/audio/<lang_voice>/<name>.flac, out_dir/licenses/<package>.copyright and the manifests
+    out_dir/{train,valid,test}.tsv, split by a hash of each file's relative path. Returns
+    {"splits": {split: (files, minutes)}, "voices": {voice: (files, minutes)}}.
+    """
+    try:
+        import G722
+    except ImportError:
+        raise NdvqError("the demo corpus needs the g722 package: pip install 'ndvq[train]'") from None
+    roots = _package_roots(packages_root)
+    sounds = [(root, path) for root in roots for path in sorted((root / SOUNDS).rglob("*.g722"))]
     if not sounds:
         raise NdvqError(f"{packages_root}: no {SOUNDS}/*/*.g722 files (unpacked asterisk-core-sounds-*-g722)")
-    rows: dict[str, list[tuple[Path, float]]] = {"train": [], "valid": [], "test": []}
-    for source in sounds:
-        relative = source.relative_to(packages_root / SOUNDS).with_suffix(".flac")
-        samples = np.asarray(G722.G722(16000, 64000).decode(source.read_bytes()), dtype=np.int16)
-        if len(samples) < 1600:
-            log.warning("skipped %s: shorter than 0.1 s", source)
+    splits: dict[str, list[tuple[Path, float]]] = {split: [] for split in SPLITS}
+    voices: dict[str, list[tuple[Path, float]]] = {}
+    for root, source in sounds:
+        relative = source.relative_to(root / SOUNDS).with_suffix(".flac")
+        try:
+            samples = np.asarray(G722.G722(DEMO_RATE, 64000).decode(source.read_bytes()), dtype=np.int16)
+        except OSError as error:
+            log.warning("skipped %s: %s", source, error.strerror or error)
+            continue
+        if len(samples) < DEMO_RATE // 10:
+            log.warning("skipped %s: empty or shorter than 0.1 s", source)
             continue
         target = out_dir / "audio" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as temporary:
-            sf.write(temporary, samples, 16000, subtype="PCM_16", format="FLAC")
-        rows[split_of(str(relative))].append((target, len(samples) / 16000))
+            sf.write(temporary, samples, DEMO_RATE, subtype="PCM_16", format="FLAC")
+        row = (target, len(samples) / DEMO_RATE)
+        splits[split_of(relative.as_posix())].append(row)
+        voices.setdefault(relative.parts[0], []).append(row)
+    if not voices:
+        raise NdvqError(f"{packages_root}: none of the {len(sounds)} .g722 files could be decoded")
     (out_dir / "licenses").mkdir(parents=True, exist_ok=True)
-    for copyright_file in sorted((packages_root / "usr/share/doc").glob("*/copyright")):
-        shutil.copyfile(copyright_file, out_dir / "licenses" / f"{copyright_file.parent.name}.copyright")
-    for split, items in rows.items():
+    for root in roots:
+        for copyright_file in sorted((root / "usr/share/doc").glob("*/copyright")):
+            shutil.copyfile(copyright_file, out_dir / "licenses" / f"{copyright_file.parent.name}.copyright")
+    for split, items in splits.items():
         write_manifest(out_dir / f"{split}.tsv", items)
-    return {split: (len(items), sum(s for _, s in items) / 60) for split, items in rows.items()}
+    return {"splits": _summarise(splits), "voices": _summarise(dict(sorted(voices.items())))}
 
 
-def libritts_manifests(root: Path, out_dir: Path) -> dict[str, tuple[int, float]]:
-    """train.tsv (train-*), valid.tsv (dev-clean), test.tsv (test-clean) for a local LibriTTS copy
-    (`root` is the LibriTTS folder or its parent). Returns {split: (files, minutes)}."""
+def libritts_manifests(root: Path, out_dir: Path) -> Summary:
+    """Write train.tsv (train-* subsets), valid.tsv (dev-clean) and test.tsv (test-clean) for a local LibriTTS
+    copy (`root` is the LibriTTS folder or its parent; layout <subset>/<speaker>/<chapter>/*.wav). Unreadable
+    files are skipped with a warning. Returns {"splits": ..., "subsets": ...} of (files, minutes)."""
     if not any((root / s).is_dir() for subsets in LIBRITTS_SPLITS.values() for s in subsets):
         root = root / "LibriTTS"
-    summary = {}
-    for split, subsets in LIBRITTS_SPLITS.items():
-        rows = []
-        for subset in subsets:
+    splits: dict[str, list[tuple[Path, float]]] = {}
+    subsets: dict[str, list[tuple[Path, float]]] = {}
+    for split, names in LIBRITTS_SPLITS.items():
+        for subset in names:
             for path in sorted((root / subset).glob("*/*/*.wav")):
-                info = sf.info(str(path))
-                rows.append((path, info.frames / info.samplerate))
-        if rows:
-            write_manifest(out_dir / f"{split}.tsv", rows)
-        summary[split] = (len(rows), sum(s for _, s in rows) / 60)
-    if not any(count for count, _ in summary.values()):
-        raise NdvqError(f"{root}: no LibriTTS subsets ({', '.join(s for v in LIBRITTS_SPLITS.values() for s in v)})")
-    return summary
+                try:
+                    info = sf.info(str(path))
+                except (sf.LibsndfileError, RuntimeError) as error:
+                    log.warning("skipped %s: %s", path, str(error).splitlines()[0])
+                    continue
+                row = (path, info.frames / info.samplerate)
+                splits.setdefault(split, []).append(row)
+                subsets.setdefault(subset, []).append(row)
+    if not splits:
+        names = ", ".join(s for v in LIBRITTS_SPLITS.values() for s in v)
+        raise NdvqError(f"{root}: no LibriTTS subsets with .wav files ({names})")
+    for split, items in splits.items():
+        write_manifest(out_dir / f"{split}.tsv", items)
+    return {"splits": _summarise(splits), "subsets": _summarise(subsets)}
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="Build training corpora and manifests.")
+    """Add `ndvq data demo OUT [--packages DIR]` and `ndvq data libritts ROOT OUT` to the CLI."""
+    data = commands.add_parser("data", help="Build training corpora and manifests.", description=_DATA_HELP)
     kinds = data.add_subparsers(dest="kind", required=True)
-    demo = kinds.add_parser("demo", help="The embedded corpus: 131 min of studio voice prompts in 5 languages.")
-    demo.add_argument("output", type=Path)
-    demo.add_argument("--packages", type=Path, help="a folder of downloaded .deb files or unpacked trees")
-    libritts = kinds.add_parser("libritts", help="Manifests for a local LibriTTS copy.")
-    libritts.add_argument("root", type=Path)
-    libritts.add_argument("output", type=Path)
+    demo_help = "The embedded corpus: 131 min of studio voice prompts in 5 languages (Debian asterisk packages)."
+    demo = kinds.add_parser("demo", help=demo_help, description=demo_help)
+    demo.add_argument("output", type=Path, help="corpus folder: audio/, licenses/, train.tsv, valid.tsv, test.tsv")
+    demo.add_argument(
+        "--packages", type=Path, help="reuse a download: a folder of the .deb files or of the unpacked trees"
+    )
+    libritts_help = "Manifests (train.tsv, valid.tsv, test.tsv) for a local LibriTTS copy."
+    libritts = kinds.add_parser("libritts", help=libritts_help, description=libritts_help)
+    libritts.add_argument("root", type=Path, help="the LibriTTS folder or its parent")
+    libritts.add_argument("output", type=Path, help="where the manifests go")
+
+
+_DATA_HELP = (
+    "Build a training corpus: manifests (TSV: path<TAB>seconds) that `ndvq train data.train=...` and `ndvq eval` read."
+)
 
 
 def run_data_command(args: argparse.Namespace) -> int:
+    """Run `ndvq data ...` and print the summary; errors are NdvqError."""
     if args.kind == "libritts":
         summary = libritts_manifests(args.root, args.output)
     elif args.packages is not None:
-        summary = build_demo_corpus(unpack(args.packages), args.output)
+        if not args.packages.is_dir():
+            raise NdvqError(f"{args.packages}: no such folder")
+        with tempfile.TemporaryDirectory() as folder:
+            summary = build_demo_corpus(unpack(args.packages, Path(folder)), args.output)
     else:
         with tempfile.TemporaryDirectory() as folder:
             summary = build_demo_corpus(download_demo_packages(Path(folder)), args.output)
-    for split, (files, minutes) in summary.items():
-        print(f"{split}: {files} files, {minutes:.1f} min -> {args.output / (split + '.tsv')}")
+    for group, rows in summary.items():
+        for name, (files, minutes) in rows.items():
+            where = f" -> {args.output / (name + '.tsv')}" if group == "splits" else ""
+            print(f"{group[:-1]} {name}: {files} files, {minutes:.1f} min{where}")
     return 0

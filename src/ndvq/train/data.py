@@ -10,37 +10,20 @@ import torch
 
 from ndvq.audio import AUDIO_SUFFIXES, resample
 from ndvq.errors import NdvqError
+from ndvq.train.corpus import read_manifest
 
 log = logging.getLogger("ndvq")
 
 
-def read_manifest(path: str | os.PathLike) -> list[tuple[Path, float]]:
-    """A TSV manifest (header `path<TAB>seconds`, paths relative to the manifest) -> [(absolute path, seconds)]."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise NdvqError(f"{path}: cannot read manifest ({error})") from None
-    if not lines or lines[0].split("\t")[:2] != ["path", "seconds"]:
-        raise NdvqError(f"{path}: not a manifest (expected the header 'path<TAB>seconds')")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        try:
-            rows.append(((path.parent / fields[0]).resolve(), float(fields[1])))
-        except (IndexError, ValueError):
-            raise NdvqError(f"{path}:{number}: expected 'path<TAB>seconds', got {line!r}") from None
-    return rows
-
-
 def _scan(folder: Path) -> tuple[list[tuple[Path, float]], list[tuple[str, str]]]:
+    """Audio files below folder, sorted, with their durations in seconds; and (path, reason) of unreadable ones."""
     files, skipped = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES):
         try:
             info = sf.info(str(path))
             files.append((path, info.frames / info.samplerate))
-        except (sf.LibsndfileError, RuntimeError) as error:
-            skipped.append((str(path), str(error).splitlines()[0]))
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            skipped.append((str(path), (str(error).splitlines() or [type(error).__name__])[0]))
     return files, skipped
 
 
@@ -78,21 +61,28 @@ class AudioDataset(torch.utils.data.Dataset):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Crops of the next items are drawn for this epoch (call it before each epoch, in every process)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        """Item `index` of the current epoch: float32 [1, segment samples]. A file that fails to decode is
+        reported and replaced by the next item's crop, so one bad file never stops training."""
+        if not 0 <= index < len(self.files):
+            raise IndexError(f"item {index} of a dataset of {len(self.files)}")
         for attempt in range(len(self.files)):
-            path, _ = self.files[(index + attempt) % len(self.files)]
+            current = (index + attempt) % len(self.files)
+            path = self.files[current][0]
             try:
-                return torch.from_numpy(self._crop(path, (index + attempt) % len(self.files)))[None]
-            except (sf.LibsndfileError, RuntimeError, ValueError) as error:
-                log.warning("skipped %s while reading: %s", path, str(error).splitlines()[0])
-        raise NdvqError("no file of the dataset could be read")
+                return torch.from_numpy(self._crop(path, current))[None]
+            except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+                log.warning("skipped %s while reading: %s", path, (str(error).splitlines() or ["error"])[0])
+        raise NdvqError(f"none of the {len(self.files)} files of the dataset could be read")
 
     def _crop(self, path: str, index: int) -> np.ndarray:
+        """Read only the crop (plus a margin for the resampler), mix down, resample, cut or zero-pad: [segment]."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         with sf.SoundFile(path) as audio:
             rate = audio.samplerate
