@@ -7,24 +7,30 @@ and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 torchaudio that replaces torch).
 
 Each (preset, duration) runs in its own process so that its peak RSS is its own. The input is the
-bundled speech clip, repeated to the duration. Weights are the presets' untrained ones: speed and
-memory do not depend on training.
+bundled speech clip repeated to the duration, written block by block to a temporary FLAC file before
+the timing; the codec rows time the file path (FLAC -> .ndvq -> WAV, as `ndvq compress` and
+`ndvq decompress` do). Weights are the presets' untrained ones: speed and memory do not depend on
+training.
 """
 
 import argparse
 import json
+from pathlib import Path
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from ndvq import Codec, ResidualNDVQ, ResidualVQ, compress, decompress
+from ndvq import Codec, ResidualNDVQ, ResidualVQ
 from ndvq.audio import read_audio
+from ndvq.compress import compress_file, decompress_file
 from ndvq.presets import PRESETS
 
 CLIP = "examples/speech_en_16k.flac"
@@ -34,17 +40,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def write_repeated(path: Path, clip: np.ndarray, rate: int, seconds: float) -> None:
+    """The clip [C, n] repeated to `seconds`, written to a FLAC file one repetition at a time."""
+    total = int(seconds * rate)
+    with sf.SoundFile(path, "w", rate, clip.shape[0], format="FLAC") as audio:
+        for start in range(0, total, clip.shape[1]):
+            audio.write(clip[:, : total - start].T)
+
+
 def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
-    """Compress and decompress `seconds` of speech through the public API; runs in a fresh process."""
+    """Compress and decompress `seconds` of speech file to file (FLAC -> .ndvq -> WAV); runs in a fresh process."""
     codec = Codec.from_preset(preset)
     clip, rate = read_audio(CLIP)
-    wav = np.tile(clip, (1, int(np.ceil(seconds * rate / clip.shape[1]))))[:, : int(seconds * rate)]
-    loaded = peak_rss_mb()
-    start = time.perf_counter()
-    data = compress(codec, wav, rate, bandwidth)
-    encoded = time.perf_counter()
-    decompress(data, codec)
-    decoded = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        source, coded, decoded_file = (Path(directory) / name for name in ("in.flac", "in.ndvq", "out.wav"))
+        write_repeated(source, clip, rate, seconds)
+        loaded = peak_rss_mb()
+        start = time.perf_counter()
+        compress_file(codec, source, coded, bandwidth)
+        encoded = time.perf_counter()
+        decompress_file(codec, coded, decoded_file)
+        decoded = time.perf_counter()
     return {
         "preset": preset,
         "seconds": seconds,
@@ -122,7 +138,7 @@ def main() -> None:
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"codec at {args.bandwidth:g} kbps (compress + decompress through the public API, untrained weights):")
+    print(f"codec at {args.bandwidth:g} kbps (files: FLAC -> compress_file -> decompress_file -> WAV, untrained):")
     print(
         f"{'preset':<11} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} {'RSS loaded MB':>13} {'RSS peak MB':>11}"
     )

@@ -1,10 +1,20 @@
 """NDVQ: a neural speech codec with normal-distribution vector quantization."""
 
 from ndvq.codec import Codec
-from ndvq.compress import compress, decompress
+from ndvq.compress import compress, compress_file, decompress, decompress_file
 from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
 
-__all__ = ["Codec", "CodecConfig", "NdvqError", "ResidualNDVQ", "ResidualVQ", "compress", "decompress"]
+__all__ = [
+    "Codec",
+    "CodecConfig",
+    "NdvqError",
+    "ResidualNDVQ",
+    "ResidualVQ",
+    "compress",
+    "compress_file",
+    "decompress",
+    "decompress_file",
+]
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ MAGIC = b"NDVQ"
 VERSION = 1
 _FIELDS = struct.Struct("<4sB8sIHBBfIBQI")
 _CRC = struct.Struct("<I")
+_SLICE = 1 << 14  # codes (un)packed at a time, so the bit planes stay small; a multiple of 8: whole bytes
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,24 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     flat = np.ascontiguousarray(codes, dtype=np.int64).reshape(-1)
     if flat.size and (flat.min() < 0 or flat.max() >= 1 << bits):
         raise ValueError(f"codes must lie in [0, {1 << bits})")
-    planes = (flat[:, None] >> np.arange(bits)) & 1
-    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+    return b"".join(_pack(flat[i : i + _SLICE], bits) for i in range(0, flat.size, _SLICE))
 
 
 def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
     """Inverse of pack_codes: the first `count` integers, int64."""
-    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: count * bits]
-    return planes.reshape(count, bits).astype(np.int64) @ (1 << np.arange(bits, dtype=np.int64))
+    codes = np.empty(count, np.int64)
+    weights = 1 << np.arange(bits, dtype=np.int64)
+    for i in range(0, count, _SLICE):
+        n = min(_SLICE, count - i)
+        packed = np.frombuffer(data, np.uint8, count=(n * bits + 7) // 8, offset=i * bits // 8)
+        planes = np.unpackbits(packed, bitorder="little")[: n * bits]
+        codes[i : i + n] = planes.reshape(n, bits).astype(np.int64) @ weights
+    return codes
+
+
+def _pack(codes: np.ndarray, bits: int) -> bytes:
+    planes = (codes[:, None] >> np.arange(bits)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
 
 
 def write(header: Header, codes: np.ndarray) -> bytes:

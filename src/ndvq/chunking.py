@@ -1,34 +1,71 @@
-"""Running a length-preserving-ratio model over long signals in bounded memory."""
+"""Running a model over a long signal, block by block, in memory that does not grow with its length."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
-from tqdm import tqdm
 
 
-def map_chunks(
+def map_windows(
     fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    blocks: Iterable[torch.Tensor],
     chunk: int,
     context: int,
     ratio: tuple[int, int],
-    progress: bool = False,
-) -> torch.Tensor:
-    """Apply fn to x [..., T] in windows of `chunk` steps, each with up to `context` steps on either side.
+) -> Iterator[torch.Tensor]:
+    """Apply fn to the concatenation of `blocks` [..., n] in windows of `chunk` steps, each with up to
+    `context` steps of the signal on either side, and yield the output of each window's centre.
 
-    fn maps n input steps to n * ratio[0] / ratio[1] output steps; only the output of each window's
-    centre is kept. With context 0 and a stateful (streaming) fn, this is exact streaming.
-    `chunk`, `context` and T must be multiples of ratio[1].
+    fn maps n input steps to n * ratio[0] / ratio[1] output steps. At most chunk + 2 * context steps
+    plus one block are held at a time. The windows depend only on the whole signal, not on how it is
+    cut into blocks. With context 0 and a stateful (streaming) fn this is exact streaming.
+    `chunk`, `context` and the signal's length must be multiples of ratio[1].
     """
-    total = x.shape[-1]
     num, den = ratio
-    if total <= chunk:
-        return fn(x)
-    outputs = []
-    for start in tqdm(range(0, total, chunk), disable=not progress, unit="chunk", leave=False):
-        end = min(start + chunk, total)
-        lo, hi = max(0, start - context), min(total, end + context)
-        y = fn(x[..., lo:hi])
-        first = (start - lo) * num // den
-        outputs.append(y[..., first : first + (end - start) * num // den])
-    return torch.cat(outputs, dim=-1)
+    buffer: torch.Tensor | None = None
+    offset = start = 0  # signal positions of buffer[..., 0] and of the next window's centre
+    iterator = iter(blocks)
+    while True:
+        block = next(iterator, None)
+        if block is not None:
+            buffer = block if buffer is None else torch.cat([buffer, block], dim=-1)
+        if buffer is None:
+            return
+        available = offset + buffer.shape[-1]
+        while start < available and (block is None or start + chunk + context <= available):
+            end = min(start + chunk, available)
+            lo, hi = max(0, start - context), min(available, end + context)
+            y = fn(buffer[..., lo - offset : hi - offset])
+            first = (start - lo) * num // den
+            yield y[..., first : first + (end - start) * num // den]
+            start = end
+            drop = max(0, start - context) - offset
+            buffer, offset = buffer[..., drop:], offset + drop
+        if block is None:
+            return
+
+
+def pad_stream(blocks: Iterable[torch.Tensor], multiple: int) -> Iterator[torch.Tensor]:
+    """The blocks, then zeros so that their total length is a multiple of `multiple`."""
+    total, last = 0, None
+    for block in blocks:
+        total, last = total + block.shape[-1], block
+        yield block
+    if last is not None and total % multiple:
+        yield last.new_zeros(*last.shape[:-1], -total % multiple)
+
+
+def reblock(blocks: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """The concatenation of `blocks` [..., n] cut again into blocks of exactly `size` steps (the last may be
+    shorter), so that what follows depends only on the signal, not on how it was cut."""
+    pending: list[torch.Tensor] = []
+    held = 0
+    for block in blocks:
+        while block.shape[-1]:
+            take = min(size - held, block.shape[-1])
+            pending.append(block[..., :take])
+            held, block = held + take, block[..., take:]
+            if held == size:
+                yield pending[0] if len(pending) == 1 else torch.cat(pending, dim=-1)
+                pending, held = [], 0
+    if pending:
+        yield torch.cat(pending, dim=-1)

@@ -11,9 +11,9 @@ import time
 import torch
 
 from ndvq import bitstream
-from ndvq.audio import AUDIO_SUFFIXES, read_audio, write_audio, write_bytes
+from ndvq.audio import AUDIO_SUFFIXES
 from ndvq.codec import Codec
-from ndvq.compress import compress, decompress
+from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
 
@@ -54,9 +54,7 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
 def _compress_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        wav, sample_rate = read_audio(source)
-        data = compress(codec, wav, sample_rate, bandwidth, progress=progress)
-        write_bytes(target, data)
+        data = compress_file(codec, source, target, bandwidth, progress=progress)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -65,10 +63,9 @@ def _compress_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[P
 def _decompress_one(codec: Codec, progress: bool) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        wav, sample_rate = decompress(_read_bytes(source), codec, str(source), progress=progress)
-        write_audio(target, wav, sample_rate)
+        header = decompress_file(codec, source, target, progress=progress)
         seconds = time.perf_counter() - start
-        return f"{source} -> {target}: {wav.shape[1] / sample_rate:.2f} s at {sample_rate} Hz; {seconds:.2f} s"
+        return f"{source} -> {target}: {header.duration:.2f} s at {header.sample_rate} Hz; {seconds:.2f} s"
 
     return run
 
@@ -76,10 +73,8 @@ def _decompress_one(codec: Codec, progress: bool) -> Callable[[Path, Path], str]
 def _roundtrip_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        wav, sample_rate = read_audio(source)
-        data = compress(codec, wav, sample_rate, bandwidth, progress=progress)
-        decoded, _ = decompress(data, codec, str(source), progress=progress)
-        write_audio(target, decoded, sample_rate)
+        data = encode_file(codec, source, bandwidth, progress=progress)
+        decode_to_file(codec, data, target, str(source), progress=progress)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -173,6 +168,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=1, help="worker processes")
     evaluate.add_argument("--usage", action="store_true", help="codebook usage per stage instead")
     evaluate.add_argument("--robustness", action="store_true", help="code robustness to noise instead")
+    report = commands.add_parser(
+        "report", help="One self-contained HTML page from eval results.", description=_REPORT_HELP
+    )
+    report.add_argument("results", type=Path, help="results directory written by ndvq eval")
+    report.add_argument("--out", type=Path, help="HTML file to write (default RESULTS/report.html)")
     from ndvq.train.corpus import add_data_parser
 
     add_data_parser(commands)
@@ -182,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_REPORT_HELP = (
+    "Write one self-contained HTML page (report.html) from an `ndvq eval` results directory: the summary, "
+    "usage and robustness tables and plots, and per bitrate a few examples to listen to, with spectrograms."
+)
 _EVAL_HELP = (
     "Code reference audio with NDVQ/RVQ models and classical codecs at several bitrates and score it with "
     "PESQ, STOI, ViSQOL, mel and STFT distance and SI-SDR; or, with --usage / --robustness, measure codebook "
@@ -252,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _evaluate(args)
+        if args.command == "report":
+            from ndvq.eval.report import write_report
+
+            print(write_report(args.results, args.out))
+            return 0
         if args.command == "data":
             from ndvq.train.corpus import run_data_command
 

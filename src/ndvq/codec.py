@@ -1,5 +1,6 @@
 """The codec: SEANet encoder, residual quantizer (NDVQ or the RVQ baseline), SEANet decoder."""
 
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 import hashlib
 import json
@@ -8,13 +9,14 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ndvq.chunking import map_chunks
+from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
 from ndvq.errors import NdvqError
 from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
@@ -26,6 +28,7 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "ndvq-model"
 MODEL_FORMAT_VERSION = 1
 DEFAULT_CHUNK_SECONDS = 10.0
+SCALE_PIECE = 1 << 16  # samples that signal_scale sums at a time
 
 
 class CodecOutput(NamedTuple):
@@ -37,6 +40,19 @@ class CodecOutput(NamedTuple):
 def rms_scale(wav: torch.Tensor) -> torch.Tensor:
     """Per-item RMS of wav [B, C, T], plus 1e-8: [B, 1, 1]."""
     return wav.pow(2).mean(dim=(1, 2), keepdim=True).sqrt() + 1e-8
+
+
+def signal_scale(blocks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """RMS over time plus 1e-8 of one signal given as consecutive blocks [B, 1, n]: [B, 1, 1] float32.
+
+    The squares are summed in float64 over fixed pieces of the signal, so the result does not depend on
+    how the signal is cut into blocks: a file read block by block gets the scale of the whole array.
+    """
+    energy, count, device = 0.0, 0, None
+    for piece in reblock(blocks, SCALE_PIECE):
+        energy = energy + np.square(piece.detach().cpu().numpy(), dtype=np.float64).sum(axis=(1, 2), keepdims=True)
+        count, device = count + piece.shape[-1], piece.device
+    return torch.from_numpy(np.sqrt(energy / count) + 1e-8).to(device, torch.float32)
 
 
 class Codec(nn.Module):
@@ -118,46 +134,64 @@ class Codec(nn.Module):
         return CodecOutput(self.decoder(quantized)[..., :length] * scale, codes, losses)
 
     # --- inference -------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(
-        self,
-        wav: torch.Tensor,
-        bandwidth: float,
-        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
-        progress: bool = False,
+        self, wav: torch.Tensor, bandwidth: float, chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, 1, T] -> codes [B, n_q, ceil(T / hop)] (int64) and the RMS scale [B, 1, 1].
 
         Inputs longer than `chunk_seconds` are encoded chunk by chunk (None: all at once).
         """
-        n_q = self.stages(bandwidth)
-        scale = rms_scale(wav)
-        x = self._pad(wav / scale)
+        scale = signal_scale([wav])
+        return torch.cat(list(self.encode_blocks([wav], bandwidth, scale, chunk_seconds)), dim=-1), scale
+
+    def encode_blocks(
+        self,
+        blocks: Iterable[torch.Tensor],
+        bandwidth: float,
+        scale: torch.Tensor,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+    ) -> Iterator[torch.Tensor]:
+        """Consecutive blocks [B, 1, n] of one signal -> consecutive codes [B, n_q, frames], in memory that does
+        not grow with the signal's length. The signal is divided by `scale` [B, 1, 1] (see signal_scale).
+
+        The result does not depend on how the signal is cut into blocks. Do not use the codec for anything
+        else while iterating: a causal model keeps streaming state in its layers.
+        """
+        n_q, hop = self.stages(bandwidth), self.hop_length
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
-            return self.quantizer.encode(self.encoder(window), n_q)
+            with torch.no_grad():
+                return self.quantizer.encode(self.encoder(window), n_q)
 
-        hop = self.hop_length
+        normalised = (block / scale for block in pad_stream(blocks, hop))
         with self._chunking(self.encoder):
-            codes = map_chunks(encode_window, x, *self._chunk_sizes(chunk_seconds, hop), (1, hop), progress)
-        return codes, scale
+            yield from map_windows(encode_window, normalised, *self._chunk_sizes(chunk_seconds, hop), (1, hop))
 
-    @torch.no_grad()
     def decode(
         self,
         codes: torch.Tensor,
         scale: torch.Tensor | None = None,
         chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
-        progress: bool = False,
     ) -> torch.Tensor:
         """codes [B, n_q, F] (and scale [B, 1, 1]) -> wav [B, 1, F * hop]."""
+        return torch.cat(list(self.decode_blocks(codes, scale, chunk_seconds)), dim=-1)
+
+    def decode_blocks(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+    ) -> Iterator[torch.Tensor]:
+        """codes [B, n_q, F] (and scale [B, 1, 1]) -> consecutive blocks of wav [B, 1, n], F * hop samples in
+        all, in memory that does not grow with F. As for encode_blocks, finish iterating before other uses."""
 
         def decode_window(window: torch.Tensor) -> torch.Tensor:
-            return self.decoder(self.quantizer.decode(window))
+            with torch.no_grad():
+                wav = self.decoder(self.quantizer.decode(window))
+                return wav if scale is None else wav * scale
 
         with self._chunking(self.decoder):
-            wav = map_chunks(decode_window, codes, *self._chunk_sizes(chunk_seconds, 1), (self.hop_length, 1), progress)
-        return wav if scale is None else wav * scale
+            yield from map_windows(decode_window, [codes], *self._chunk_sizes(chunk_seconds, 1), (self.hop_length, 1))
 
     def _pad(self, wav: torch.Tensor) -> torch.Tensor:
         return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))

@@ -21,24 +21,23 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
+def magnitude(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """|STFT| of wav [B, 1, T] (or [B, T]) with window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
+    n_fft = window.shape[0]
+    spec = torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft, n_fft // 4, window=window, return_complex=True)
+    return spec.abs()
+
+
 class LogMel(nn.Module):
     """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop = n_fft / 4."""
 
     def __init__(self, sample_rate: int, n_fft: int, n_mels: int = 64) -> None:
         super().__init__()
-        self.n_fft = n_fft
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            wav.reshape(-1, wav.shape[-1]).float(),
-            self.n_fft,
-            hop_length=self.n_fft // 4,
-            window=self.window,
-            return_complex=True,
-        )
-        return torch.log10(torch.clamp(self.filters @ spec.abs().pow(2), min=1e-5))
+        return torch.log10(torch.clamp(self.filters @ magnitude(wav, self.window).pow(2), min=1e-5))
 
 
 class LogMagnitude(nn.Module):
@@ -46,15 +45,7 @@ class LogMagnitude(nn.Module):
 
     def __init__(self, n_fft: int) -> None:
         super().__init__()
-        self.n_fft = n_fft
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            wav.reshape(-1, wav.shape[-1]).float(),
-            self.n_fft,
-            hop_length=self.n_fft // 4,
-            window=self.window,
-            return_complex=True,
-        )
-        return torch.log10(torch.clamp(spec.abs(), min=1e-5))
+        return torch.log10(torch.clamp(magnitude(wav, self.window), min=1e-5))

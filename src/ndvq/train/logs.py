@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ndvq.modules.spectral import LogMagnitude
+
 log = logging.getLogger("ndvq")
 
 
@@ -96,8 +98,7 @@ def _spectrogram_image(*signals: torch.Tensor) -> torch.Tensor:
     """Log-magnitude spectrograms of [1, T] signals stacked top to bottom, low frequencies down: [1, H, W] in [0, 1]."""
     rows = []
     for signal in signals:
-        spec = torch.stft(signal[0], 512, 128, window=torch.hann_window(512), return_complex=True).abs()
-        rows.append(torch.log10(spec.clamp(min=1e-5)).flip(0))
+        rows.append(LogMagnitude(512)(signal)[0].flip(0))
     image = torch.cat(rows, dim=0)
     image = (image - image.min()) / (image.max() - image.min() + 1e-8)
     return image[None]
