@@ -11,7 +11,7 @@ import time
 import torch
 
 from ndvq import bitstream
-from ndvq.audio import AUDIO_SUFFIXES
+from ndvq.audio import AUDIO_SUFFIXES, read_bytes
 from ndvq.codec import Codec
 from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
 from ndvq.errors import NdvqError
@@ -19,13 +19,6 @@ from ndvq.presets import PRESETS
 
 log = logging.getLogger("ndvq")
 DEFAULT_MODEL = "speech-16k"
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise NdvqError(f"{path}: {error.strerror or error}") from None
 
 
 def _load_model(source: str) -> Codec:
@@ -110,7 +103,7 @@ def _run_jobs(jobs: Iterator[tuple[Path, Path]], run: Callable[[Path, Path], str
 
 
 def _info(args: argparse.Namespace) -> int:
-    data = _read_bytes(args.input)
+    data = read_bytes(args.input)
     header, codes = bitstream.read(data, str(args.input))
     fixed = bitstream.header_size(header.channels)
     print(f"file:          {args.input} ({len(data)} bytes: {len(data) - fixed} codes + {fixed} header)")
