@@ -128,10 +128,15 @@ class Codec(nn.Module):
     def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
         """Reconstruct wav [B, 1, T] through n_q stages; RMS-normalised per item."""
         length = wav.shape[-1]
-        scale = rms_scale(wav)
-        z = self.encoder(self._pad(wav / scale))
+        z, scale = self.latent(wav)
         quantized, codes, losses = self.quantizer(z, n_q)
         return CodecOutput(self.decoder(quantized)[..., :length] * scale, codes, losses)
+
+    def latent(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav [B, 1, T] -> the encoder's latent [B, dimension, ceil(T / hop)] of the RMS-normalised input,
+        and that RMS scale [B, 1, 1]."""
+        scale = rms_scale(wav)
+        return self.encoder(self._pad(wav / scale)), scale
 
     # --- inference -------------------------------------------------------------------------------
     def encode(

@@ -7,10 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ndvq.audio import atomic_path, read_audio, resample
-from ndvq.codec import Codec, rms_scale
+from ndvq.codec import Codec
 from ndvq.eval.metrics import METRICS, score
 from ndvq.train.logs import codebook_usage
 
@@ -81,22 +80,9 @@ def _babble(others: list[torch.Tensor], length: int) -> torch.Tensor:
     return total
 
 
-class _Pipeline:
-    """The codec split where the robustness experiment perturbs it."""
-
-    def __init__(self, codec: Codec, bandwidth: float) -> None:
-        self.codec, self.n_q = codec, codec.stages(bandwidth)
-
-    def latent(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = rms_scale(wav)
-        x = F.pad(wav / scale, (0, -wav.shape[-1] % self.codec.hop_length))
-        return self.codec.encoder(x), scale
-
-    def codes(self, z: torch.Tensor) -> torch.Tensor:
-        return self.codec.quantizer.encode(z, self.n_q)
-
-    def decode(self, codes: torch.Tensor, scale: torch.Tensor, length: int) -> np.ndarray:
-        return (self.codec.decoder(self.codec.quantizer.decode(codes)) * scale)[0, 0, :length].numpy()
+def _decode(codec: Codec, codes: torch.Tensor, scale: torch.Tensor, length: int) -> np.ndarray:
+    """codes [1, n_q, F] -> the first `length` decoded samples, [length]."""
+    return codec.decode(codes, scale, chunk_seconds=None)[0, 0, :length].numpy()
 
 
 @torch.no_grad()
@@ -114,15 +100,15 @@ def robustness(
     results: dict[str, dict[str, Any]] = {}
     for label, model in models:
         codec = Codec.load(model)
-        pipeline = _Pipeline(codec, bandwidth)
+        n_q = codec.stages(bandwidth)
         signals = [_mono_at(codec, path) for path in files]
         generator = torch.Generator().manual_seed(0)  # the same noise for every model
         rows: dict[str, list[dict[str, Any]]] = {}
         for index, wav in enumerate(signals):
             length, reference = wav.shape[-1], wav[0, 0].numpy()
-            z, scale = pipeline.latent(wav)
-            clean_codes = pipeline.codes(z)
-            clean = score(reference, pipeline.decode(clean_codes, scale, length), codec.sample_rate, ROBUSTNESS_METRICS)
+            z, scale = codec.latent(wav)
+            clean_codes = codec.quantizer.encode(z, n_q)
+            clean = score(reference, _decode(codec, clean_codes, scale, length), codec.sample_rate, ROBUSTNESS_METRICS)
             others = [s for i, s in enumerate(signals) if i != index][:4] or [
                 torch.randn(1, 1, length, generator=generator)
             ]
@@ -133,11 +119,11 @@ def robustness(
             for name, (where, snr, noise) in perturbations.items():
                 if where == "latent":
                     noisy_z = z + _noise_at_snr(z, torch.randn(z.shape, generator=generator), snr)
-                    codes, noisy_scale = pipeline.codes(noisy_z), scale
+                    codes, noisy_scale = codec.quantizer.encode(noisy_z, n_q), scale
                 else:
-                    noisy_z, noisy_scale = pipeline.latent(wav + _noise_at_snr(wav, noise, snr))
-                    codes = pipeline.codes(noisy_z)
-                decoded = pipeline.decode(codes, noisy_scale, length)
+                    noisy_z, noisy_scale = codec.latent(wav + _noise_at_snr(wav, noise, snr))
+                    codes = codec.quantizer.encode(noisy_z, n_q)
+                decoded = _decode(codec, codes, noisy_scale, length)
                 perturbed = score(reference, decoded, codec.sample_rate, ROBUSTNESS_METRICS)
                 row = {"change_rate": (codes != clean_codes).float().mean(dim=(0, 2)).tolist()}
                 for metric in ROBUSTNESS_METRICS:

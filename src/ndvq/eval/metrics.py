@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ndvq.audio import resample
-from ndvq.modules.spectral import LogMagnitude, LogMel
+from ndvq.modules.spectral import LogMagnitude, LogMel, spectral_distance
 
 RATE = 16000
 VISQOL_MAPPER = "polynomial (visqol-python speech mode, use_lattice_model=False)"
@@ -64,10 +64,13 @@ _MEL = [LogMel(RATE, 2**i) for i in range(5, 12)]
 _STFT = [LogMagnitude(2048), LogMagnitude(512)]
 
 
-def _spectral_distance(transforms: list[torch.nn.Module], reference: np.ndarray, estimate: np.ndarray) -> float:
-    x, y = torch.from_numpy(reference)[None, None], torch.from_numpy(estimate)[None, None]
-    with torch.no_grad():
-        return float(np.mean([(t(x) - t(y)).abs().mean().item() for t in transforms]))
+def _distance(transforms: list[torch.nn.Module]) -> Callable[[np.ndarray, np.ndarray], float]:
+    def distance(reference: np.ndarray, estimate: np.ndarray) -> float:
+        return spectral_distance(
+            transforms, torch.from_numpy(estimate)[None, None], torch.from_numpy(reference)[None, None]
+        )
+
+    return distance
 
 
 def _pesq(mode: str) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -103,8 +106,8 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pesq_nb": _pesq("nb"),
     "stoi": _stoi,
     "visqol": _visqol,
-    "mel_distance": lambda r, e: _spectral_distance(_MEL, r, e),
-    "stft_distance": lambda r, e: _spectral_distance(_STFT, r, e),
+    "mel_distance": _distance(_MEL),
+    "stft_distance": _distance(_STFT),
     "si_sdr": si_sdr,
 }
 

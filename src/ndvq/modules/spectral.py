@@ -49,3 +49,9 @@ class LogMagnitude(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return torch.log10(torch.clamp(magnitude(wav, self.window), min=1e-5))
+
+
+def spectral_distance(transforms: list[nn.Module], estimate: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over `transforms` (e.g. LogMel at several scales) of the mean absolute difference: a distance."""
+    with torch.no_grad():
+        return sum((t(estimate) - t(target)).abs().mean().item() for t in transforms) / len(transforms)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ndvq.modules.spectral import LogMel
+from ndvq.modules.spectral import LogMel, spectral_distance
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -23,10 +23,9 @@ class MultiScaleMelLoss(nn.Module):
             total = total + F.l1_loss(x, y) + F.mse_loss(x, y)
         return total / len(self.mels)
 
-    @torch.no_grad()
     def distance(self, estimate: torch.Tensor, target: torch.Tensor) -> float:
         """Mel distance for reporting: mean over scales of the L1 between log-mels."""
-        return sum(F.l1_loss(mel(estimate), mel(target)).item() for mel in self.mels) / len(self.mels)
+        return spectral_distance(list(self.mels), estimate, target)
 
 
 def generator_adversarial_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
