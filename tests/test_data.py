@@ -121,12 +121,20 @@ def test_libritts_reader_on_a_fake_tree(tmp_path) -> None:
         corpus.libritts_manifests(tmp_path / "manifests", tmp_path / "x")
 
 
-VOICES = {"en": "en_US_f_Test", "fr": "fr_CA_f_Test"}
+VOICES = {"en": "en_US_f_Allison", "es": "es_MX_f_Allison", "ru": "ru_RU_f_IvrvoiceRU"}  # asterisk: train, test
+KLETTRES = {"fr": 1, "ar": 2, "de": 1}  # {language: channels}: train, test, valid
+SPLIT_VOICES = {
+    "train": {"en_US_f_Allison", "es_MX_f_Allison", "klettres_fr"},
+    "valid": {"klettres_de"},
+    "test": {"ru_RU_f_IvrvoiceRU", "klettres_ar"},
+}
+CLIPS = 12 * len(VOICES) + 4 * len(KLETTRES)
 
 
 def stub_packages(root: Path, separate: bool = False) -> None:
-    """Two fake unpacked asterisk packages with G.722 prompts (12 good, 1 empty each) and copyright files,
-    unpacked together in root or (separate) each in root/<package>."""
+    """Fake unpacked asterisk packages with G.722 prompts (12 good, 1 empty each) and a fake klettres-data with
+    Ogg clips at 44.1 kHz (4 good, 1 broken each), with copyright files, unpacked together in root or (separate)
+    each in root/<package>."""
     for lang, voice in VOICES.items():
         package = f"asterisk-core-sounds-{lang}-g722"
         tree = root / package if separate else root
@@ -140,48 +148,71 @@ def stub_packages(root: Path, separate: bool = False) -> None:
         doc = tree / "usr/share/doc" / package
         doc.mkdir(parents=True)
         (doc / "copyright").write_text(f"{lang} licence: CC-BY-SA-3.0\n")
+    tree = root / "klettres-data" if separate else root
+    for lang, channels in KLETTRES.items():
+        for i in range(4):
+            target = tree / "usr/share/klettres" / lang / ("alpha" if i < 3 else "syllab") / f"{i}.ogg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(target, tone(0.5, 44100, channels), 44100, format="OGG", subtype="VORBIS")
+        (target.parent / "broken.ogg").write_text("not audio")
+    (tree / "usr/share/klettres/pics").mkdir()
+    (tree / "usr/share/doc/klettres-data").mkdir(parents=True)
+    (tree / "usr/share/doc/klettres-data/copyright").write_text("License: GPL-2+\n")
 
 
-def test_split_is_a_fixed_hash_of_the_relative_path() -> None:
-    names = [f"en_US_f_Allison/digits/{i}.flac" for i in range(200)]
-    splits = [corpus.split_of(name) for name in names]
-    assert [i for i, split in enumerate(splits[:12]) if split != "train"] == [7, 8, 10, 11]  # pinned: any machine
-    assert splits[7] == "test" and splits[11] == "valid"
-    assert 0.8 < splits.count("train") / 200 < 0.97 and splits.count("valid") and splits.count("test")
+def test_split_table_holds_out_whole_speakers(monkeypatch) -> None:
+    held_out = list(corpus.DEMO_HELD_OUT.items())
+    assert set(corpus.DEMO_HELD_OUT.values()) == {"valid", "test"}
+    assert [v for v, s in held_out if s == "test" and not v.startswith("klettres_")] == ["ru_RU_f_IvrvoiceRU"]
+    assert sum(s == "test" for _, s in held_out) == 7 and sum(s == "valid" for _, s in held_out) == 3
+    assert corpus.demo_split("klettres_ml") == corpus.demo_split("en_US_f_Allison") == "train"
+    monkeypatch.setitem(corpus.DEMO_HELD_OUT, "en_US_f_Allison", "valid")
+    assert corpus.demo_split("es_MX_f_Allison") == "valid"  # one speaker, two folders: one split
 
 
 def test_demo_corpus_from_stub_packages(tmp_path, capsys) -> None:
     stub_packages(tmp_path / "packages")
     assert main(["data", "demo", str(tmp_path / "demo"), "--packages", str(tmp_path / "packages")]) == 0
     out, err = capsys.readouterr()
-    assert err.count("empty.g722: empty") == 2
+    assert err.count("empty.g722: empty") == 3 and err.count("broken.ogg: cannot decode audio") == 3
+    audio = tmp_path / "demo" / "audio"
     manifests = {s: read_manifest(tmp_path / "demo" / f"{s}.tsv") for s in ("train", "valid", "test")}
     files = [p for rows in manifests.values() for p, _ in rows]
-    assert len(files) == len(set(files)) == 24  # a partition of every prompt
-    assert all(
-        corpus.split_of(str(p.relative_to(tmp_path / "demo" / "audio").as_posix())) == s
-        for s, rows in manifests.items()
-        for p, _ in rows
-    )
-    info = sf.info(str(files[0]))
-    assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+    assert len(files) == len(set(files)) == CLIPS  # a partition of every clip
+    voices = {s: {p.relative_to(audio).parts[0] for p, _ in rows} for s, rows in manifests.items()}
+    assert voices == SPLIT_VOICES  # the split table, whole voices, none in two splits
+    assert all(corpus.demo_split(v) == s for s, names in voices.items() for v in names)
+    for path, seconds in manifests["test"]:
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.format, info.subtype) == (16000, 1, "FLAC", "PCM_16")
+        assert info.frames == round(seconds * 16000)
+    clip = audio / "klettres_ar" / "syllab" / "3.flac"
+    assert (clip, 0.5) in manifests["test"] and (audio / "klettres_de" / "alpha" / "0.flac", 0.5) in manifests["valid"]
+    samples, _ = sf.read(clip)
+    assert 0.25 < np.abs(samples).max() < 0.32  # the mean of two 0.3 tones: mono, not summed
     assert sorted(p.name for p in (tmp_path / "demo" / "licenses").iterdir()) == [
-        "asterisk-core-sounds-en-g722.copyright",
-        "asterisk-core-sounds-fr-g722.copyright",
+        *(f"asterisk-core-sounds-{lang}-g722.copyright" for lang in ("en", "es", "ru")),
+        "klettres-data.copyright",
     ]
-    assert "split train: " in out and "voice en_US_f_Test: 12 files" in out and "voice fr_CA_f_Test: 12 files" in out
+    assert (tmp_path / "demo/licenses/klettres-data.copyright").read_text() == "License: GPL-2+\n"
+    assert "split test: 16 files" in out and "2 voices -> " in out
+    assert "voice en_US_f_Allison (train): 12 files" in out and "voice klettres_de (valid): 4 files" in out
     again = corpus.build_demo_corpus(tmp_path / "packages", tmp_path / "again")
     assert {s: len(read_manifest(tmp_path / "again" / f"{s}.tsv")) for s in manifests} == {
         s: len(rows) for s, rows in manifests.items()
     }
-    assert sum(files for files, _ in again["splits"].values()) == 24 and set(again["voices"]) == set(VOICES.values())
+    assert sum(files for files, _ in again["splits"].values()) == CLIPS
+    assert set(again["voices"]) == set().union(*SPLIT_VOICES.values())
 
 
 def test_demo_corpus_from_separately_unpacked_trees(tmp_path) -> None:
     stub_packages(tmp_path / "packages", separate=True)
     summary = corpus.build_demo_corpus(tmp_path / "packages", tmp_path / "demo")
-    assert {voice: files for voice, (files, _) in summary["voices"].items()} == {v: 12 for v in VOICES.values()}
-    assert len(list((tmp_path / "demo" / "licenses").iterdir())) == 2
+    assert {voice: files for voice, (files, _) in summary["voices"].items()} == {
+        **{v: 12 for v in VOICES.values()},
+        **{f"klettres_{lang}": 4 for lang in KLETTRES},
+    }
+    assert len(list((tmp_path / "demo" / "licenses").iterdir())) == 4
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
@@ -198,7 +229,7 @@ def test_demo_corpus_from_deb_files(tmp_path, capsys) -> None:
     )
     assert main(["data", "demo", str(tmp_path / "demo"), "--packages", str(tmp_path / "debs")]) == 0
     assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == ["stub.deb"]  # unpacked elsewhere
-    assert sum(len(read_manifest(tmp_path / "demo" / f"{s}.tsv")) for s in ("train", "valid", "test")) == 24
+    assert sum(len(read_manifest(tmp_path / "demo" / f"{s}.tsv")) for s in ("train", "valid", "test")) == CLIPS
 
 
 def test_demo_corpus_without_apt_says_so(tmp_path, monkeypatch, capsys) -> None:

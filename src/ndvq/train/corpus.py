@@ -1,11 +1,12 @@
-"""Corpora as manifests: the embedded demo corpus (Debian's asterisk voice prompts) and LibriTTS.
+"""Corpora as manifests: the embedded demo corpus (Debian's asterisk voice prompts and KLettres clips) and LibriTTS.
 
 A manifest is a UTF-8 TSV file with the header `path<TAB>seconds` and one audio file per line, its path
 relative to the manifest's folder.
 """
 
 import argparse
-import hashlib
+from collections import Counter
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -16,13 +17,30 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from ndvq.audio import atomic_path
+from ndvq.audio import atomic_path, read_audio, read_bytes, resample
 from ndvq.errors import NdvqError
 
 log = logging.getLogger("ndvq")
-DEMO_PACKAGES = [f"asterisk-core-sounds-{lang}-g722" for lang in ("en", "es", "fr", "it", "ru")]
-SOUNDS = Path("usr/share/asterisk/sounds")
+DEMO_PACKAGES = [*(f"asterisk-core-sounds-{lang}-g722" for lang in ("en", "es", "fr", "it", "ru")), "klettres-data"]
+SOUNDS = Path("usr/share/asterisk/sounds")  # <lang>_<region>_<sex>_<name>/**/*.g722: one voice per folder
+KLETTRES = Path("usr/share/klettres")  # <lang>/{alpha,syllab}/*.ogg: one voice per language, named klettres_<lang>
 DEMO_RATE = 16000
+# The demo corpus is split by speaker: these voices are held out of training whole, every other voice is in train.
+# Chosen once by hand for a spread of languages, scripts and voice pitch; klettres_ru and klettres_uk go together
+# as they may share a speaker.
+DEMO_HELD_OUT = {
+    "ru_RU_f_IvrvoiceRU": "test",
+    "klettres_ar": "test",
+    "klettres_he": "test",
+    "klettres_hu": "test",
+    "klettres_nds": "test",
+    "klettres_ru": "test",
+    "klettres_uk": "test",
+    "klettres_de": "valid",
+    "klettres_it": "valid",
+    "klettres_lt": "valid",
+}
+SAME_SPEAKER = {"es_MX_f_Allison": "en_US_f_Allison"}  # {voice: the voice it shares a speaker (and split) with}
 LIBRITTS_SPLITS = {
     "train": ("train-clean-100", "train-clean-360", "train-other-500"),
     "valid": ("dev-clean",),
@@ -69,10 +87,9 @@ def read_manifest(path: str | os.PathLike) -> list[tuple[Path, float]]:
     return rows
 
 
-def split_of(name: str) -> str:
-    """The split of a relative path (POSIX form) from its hash: ~90% train, 5% valid, 5% test, on any machine."""
-    bucket = int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100
-    return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
+def demo_split(voice: str) -> str:
+    """The split of a demo voice (its folder under audio/), from DEMO_HELD_OUT and SAME_SPEAKER."""
+    return DEMO_HELD_OUT.get(SAME_SPEAKER.get(voice, voice), "train")
 
 
 def _require(tool: str) -> None:
@@ -117,7 +134,30 @@ def unpack(folder: Path, target: Path) -> Path:
 
 def _package_roots(folder: Path) -> list[Path]:
     """Unpacked package trees: folder itself (packages unpacked together) and/or its subfolders (one per package)."""
-    return [root for root in [folder, *sorted(folder.glob("*"))] if (root / SOUNDS).is_dir()]
+    roots = [folder, *sorted(folder.glob("*"))]
+    return [root for root in roots if (root / SOUNDS).is_dir() or (root / KLETTRES).is_dir()]
+
+
+def _demo_sources(roots: list[Path]) -> list[tuple[Path, Path]]:
+    """(source file, output path under audio/ whose first part is the voice) of every demo clip in roots."""
+    sources = []
+    for root in roots:
+        for path in sorted((root / SOUNDS).rglob("*.g722")):
+            sources.append((path, path.relative_to(root / SOUNDS).with_suffix(".flac")))
+        for path in sorted((root / KLETTRES).glob("*/*/*.ogg")):
+            sources.append((path, Path(f"klettres_{path.parts[-3]}", *path.parts[-2:]).with_suffix(".flac")))
+    return sources
+
+
+def _decode(path: Path) -> np.ndarray:
+    """A demo clip as 16 kHz mono int16: G.722 decoded, anything else read, mixed down and resampled."""
+    if path.suffix == ".g722":
+        import G722
+
+        return np.asarray(G722.G722(DEMO_RATE, 64000).decode(read_bytes(path)), dtype=np.int16)
+    wav, rate = read_audio(path)
+    mono = resample(wav.mean(axis=0, keepdims=True), rate, DEMO_RATE)[0]
+    return np.round(np.clip(mono, -1, 1) * 32767).astype(np.int16)
 
 
 def _summarise(rows: dict[str, list[tuple[Path, float]]]) -> dict[str, tuple[int, float]]:
@@ -125,28 +165,28 @@ def _summarise(rows: dict[str, list[tuple[Path, float]]]) -> dict[str, tuple[int
 
 
 def build_demo_corpus(packages_root: Path, out_dir: Path) -> Summary:
-    """Decode the G.722 prompts of unpacked asterisk-core-sounds-*-g722 packages to 16 kHz mono FLAC.
+    """Convert the clips of unpacked asterisk-core-sounds-*-g722 and klettres-data packages to 16 kHz mono FLAC.
 
-    Writes out_dir/audio/<lang_voice>/<name>.flac, out_dir/licenses/<package>.copyright and the manifests
-    out_dir/{train,valid,test}.tsv, split by a hash of each file's relative path. Returns
+    Writes out_dir/audio/<voice>/.../<name>.flac, out_dir/licenses/<package>.copyright and the manifests
+    out_dir/{train,valid,test}.tsv, split by voice (demo_split). Returns
     {"splits": {split: (files, minutes)}, "voices": {voice: (files, minutes)}}.
     """
-    try:
-        import G722
-    except ImportError:
-        raise NdvqError("the demo corpus needs the g722 package: pip install 'ndvq[train]'") from None
     roots = _package_roots(packages_root)
-    sounds = [(root, path) for root in roots for path in sorted((root / SOUNDS).rglob("*.g722"))]
-    if not sounds:
-        raise NdvqError(f"{packages_root}: no {SOUNDS}/*/*.g722 files (unpacked asterisk-core-sounds-*-g722)")
+    sources = _demo_sources(roots)
+    if not sources:
+        raise NdvqError(
+            f"{packages_root}: no {SOUNDS}/*/*.g722 or {KLETTRES}/*/*/*.ogg files "
+            "(unpacked asterisk-core-sounds-*-g722 or klettres-data)"
+        )
+    if any(source.suffix == ".g722" for source, _ in sources) and importlib.util.find_spec("G722") is None:
+        raise NdvqError("the demo corpus needs the g722 package: pip install 'ndvq[train]'")
     splits: dict[str, list[tuple[Path, float]]] = {split: [] for split in SPLITS}
     voices: dict[str, list[tuple[Path, float]]] = {}
-    for root, source in sounds:
-        relative = source.relative_to(root / SOUNDS).with_suffix(".flac")
+    for source, relative in sources:
         try:
-            samples = np.asarray(G722.G722(DEMO_RATE, 64000).decode(source.read_bytes()), dtype=np.int16)
-        except OSError as error:
-            log.warning("skipped %s: %s", source, error.strerror or error)
+            samples = _decode(source)
+        except NdvqError as error:
+            log.warning("skipped %s", error)
             continue
         if len(samples) < DEMO_RATE // 10:
             log.warning("skipped %s: empty or shorter than 0.1 s", source)
@@ -156,15 +196,17 @@ def build_demo_corpus(packages_root: Path, out_dir: Path) -> Summary:
         with atomic_path(target) as temporary:
             sf.write(temporary, samples, DEMO_RATE, subtype="PCM_16", format="FLAC")
         row = (target, len(samples) / DEMO_RATE)
-        splits[split_of(relative.as_posix())].append(row)
+        splits[demo_split(relative.parts[0])].append(row)
         voices.setdefault(relative.parts[0], []).append(row)
     if not voices:
-        raise NdvqError(f"{packages_root}: none of the {len(sounds)} .g722 files could be decoded")
+        raise NdvqError(f"{packages_root}: none of the {len(sources)} clips could be decoded")
     (out_dir / "licenses").mkdir(parents=True, exist_ok=True)
     for root in roots:
         for copyright_file in sorted((root / "usr/share/doc").glob("*/copyright")):
             shutil.copyfile(copyright_file, out_dir / "licenses" / f"{copyright_file.parent.name}.copyright")
     for split, items in splits.items():
+        if not items:
+            log.warning("the %s split is empty: none of its voices (DEMO_HELD_OUT) is in %s", split, packages_root)
         write_manifest(out_dir / f"{split}.tsv", items)
     return {"splits": _summarise(splits), "voices": _summarise(dict(sorted(voices.items())))}
 
@@ -200,7 +242,10 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     """Add `ndvq data demo OUT [--packages DIR]` and `ndvq data libritts ROOT OUT` to the CLI."""
     data = commands.add_parser("data", help="Build training corpora and manifests.", description=_DATA_HELP)
     kinds = data.add_subparsers(dest="kind", required=True)
-    demo_help = "The embedded corpus: 131 min of studio voice prompts in 5 languages (Debian asterisk packages)."
+    demo_help = (
+        "The embedded corpus: 131 min of studio voice prompts in 5 languages and 51 min of letters and syllables in "
+        "20 languages (Debian asterisk and klettres packages), split by speaker."
+    )
     demo = kinds.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument("output", type=Path, help="corpus folder: audio/, licenses/, train.tsv, valid.tsv, test.tsv")
     demo.add_argument(
@@ -229,8 +274,11 @@ def run_data_command(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory() as folder:
             summary = build_demo_corpus(download_demo_packages(Path(folder)), args.output)
+    voices = Counter(demo_split(voice) for voice in summary.get("voices", {}))
     for group, rows in summary.items():
         for name, (files, minutes) in rows.items():
-            where = f" -> {args.output / (name + '.tsv')}" if group == "splits" else ""
-            print(f"{group[:-1]} {name}: {files} files, {minutes:.1f} min{where}")
+            label = f"{name} ({demo_split(name)})" if group == "voices" else name
+            where = f", {voices[name]} voices" if voices and group == "splits" else ""
+            where += f" -> {args.output / (name + '.tsv')}" if group == "splits" else ""
+            print(f"{group[:-1]} {label}: {files} files, {minutes:.1f} min{where}")
     return 0
