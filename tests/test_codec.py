@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,7 +88,8 @@ def test_identity_changes_with_weights(tiny: Codec) -> None:
     [
         (lambda d: (d / "config.json").write_text("{not json"), "cannot read model config"),
         (lambda d: (d / "config.json").write_text('{"format": "other"}'), "not an ndvq model config"),
-        (lambda d: (d / "model.safetensors").write_bytes(b"\x80\x04pickle"), "cannot read weights"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x80\x04pickle"), "damaged or replaced weights"),
+        (lambda d: _unchecked(d).joinpath("model.safetensors").write_bytes(b"\x80\x04pickle"), "cannot read weights"),
         (lambda d: (d / "model.safetensors").unlink(), "cannot read weights"),
         (
             lambda d: (d / "config.json").write_text(
@@ -108,6 +110,14 @@ def test_invalid_model_directory_is_rejected(tmp_path, tiny: Codec, break_model,
     break_model(tmp_path)
     with pytest.raises(NdvqError, match=message):
         Codec.load(tmp_path)
+
+
+def _unchecked(model: Path) -> Path:
+    """The model directory, its config rewritten as format version 1: no checksum of the weights."""
+    document = json.loads((model / "config.json").read_text())
+    document.pop("weights_sha256")
+    (model / "config.json").write_text(json.dumps({**document, "version": 1}))
+    return model
 
 
 def _tiny_rest() -> dict:

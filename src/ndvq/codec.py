@@ -4,14 +4,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
+import re
 from typing import NamedTuple
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import safetensors.torch
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -26,9 +28,10 @@ from ndvq.quantization import ResidualNDVQ, ResidualVQ
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "ndvq-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: config.json holds the SHA-256 of model.safetensors; 1 (without it) still loads
 DEFAULT_CHUNK_SECONDS = 10.0
 SCALE_PIECE = 1 << 16  # samples that signal_scale sums at a time
+log = logging.getLogger("ndvq")
 
 
 class CodecOutput(NamedTuple):
@@ -223,15 +226,19 @@ class Codec(nn.Module):
         return digest.digest()[:8]
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors into `directory`, each atomically."""
+        """Write model.safetensors, then config.json with the weights' SHA-256, each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        document = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "config": self.config.to_dict()}
-        weights = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
-        save_file(weights, directory / f".{WEIGHTS_FILE}.tmp")
-        os.replace(directory / f".{WEIGHTS_FILE}.tmp", directory / WEIGHTS_FILE)
-        (directory / f".{CONFIG_FILE}.tmp").write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(directory / f".{CONFIG_FILE}.tmp", directory / CONFIG_FILE)
+        weights = safetensors.torch.save({name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()})
+        document = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        }
+        for name, content in ((WEIGHTS_FILE, weights), (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())):
+            (directory / f".{name}.tmp").write_bytes(content)
+            os.replace(directory / f".{name}.tmp", directory / name)
 
     @classmethod
     def from_preset(cls, name: str) -> "Codec":
@@ -256,17 +263,41 @@ class Codec(nn.Module):
             raise NdvqError(f"{path / CONFIG_FILE}: cannot read model config ({error})") from None
         if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
             raise NdvqError(f"{path / CONFIG_FILE}: not an ndvq model config")
-        if document.get("version") != MODEL_FORMAT_VERSION:
-            raise NdvqError(f"{path / CONFIG_FILE}: unsupported model format version {document.get('version')}")
+        version = document.get("version")
+        if version not in (1, MODEL_FORMAT_VERSION):
+            raise NdvqError(f"{path / CONFIG_FILE}: unsupported model format version {version}")
         codec = cls(CodecConfig.from_dict(document.get("config"), str(path / CONFIG_FILE)))
-        try:
-            weights = load_file(path / WEIGHTS_FILE)
-        except (OSError, SafetensorError) as error:
-            raise NdvqError(f"{path / WEIGHTS_FILE}: cannot read weights ({error})") from None
+        weights = _read_weights(path, document)
         expected = codec.state_dict()
         problems = sorted(set(expected) ^ set(weights))
-        problems += [n for n in expected if n in weights and weights[n].shape != expected[n].shape]
+        problems += [n for n in expected if n in weights and _kind(weights[n]) != _kind(expected[n])]
         if problems:
             raise NdvqError(f"{path / WEIGHTS_FILE}: weights do not match the config ({len(problems)} tensors differ)")
         codec.load_state_dict(weights)
         return codec.eval()
+
+
+def _read_weights(directory: Path, document: dict) -> dict[str, torch.Tensor]:
+    """The tensors of directory/model.safetensors, after checking them against the SHA-256 in config.json
+    (format version 2; version 1 has none, loaded with a note). safetensors holds only tensors, never code."""
+    path, recorded = directory / WEIGHTS_FILE, document.get("weights_sha256")
+    if (recorded is not None or document["version"] > 1) and not (
+        isinstance(recorded, str) and re.fullmatch("[0-9a-f]{64}", recorded)
+    ):
+        raise NdvqError(f"{directory / CONFIG_FILE}: no valid weights_sha256 (the SHA-256 of {WEIGHTS_FILE})")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise NdvqError(f"{path}: cannot read weights ({error.strerror or error})") from None
+    if recorded is None:
+        log.warning("note: %s: no checksum to verify (format version 1); Codec.save adds one", path)
+    elif hashlib.sha256(data).hexdigest() != recorded:
+        raise NdvqError(f"{path}: damaged or replaced weights (their SHA-256 is not the one in {CONFIG_FILE})")
+    try:
+        return safetensors.torch.load(data)
+    except SafetensorError as error:
+        raise NdvqError(f"{path}: cannot read weights ({error})") from None
+
+
+def _kind(tensor: torch.Tensor) -> tuple[torch.Size, torch.dtype]:
+    return tensor.shape, tensor.dtype
