@@ -217,3 +217,32 @@ def test_console_entry_point_prints_no_traceback(tmp_path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"ndvq: error: {tmp_path / 'bad.wav'}: cannot decode")
     assert "Traceback" not in result.stderr and not (tmp_path / "x.ndvq").exists()
+
+
+@pytest.mark.parametrize(
+    "subtype, suffix, expected",
+    [
+        ("PCM_16", ".wav", "PCM_16"),
+        ("PCM_24", ".wav", "PCM_24"),
+        ("FLOAT", ".wav", "FLOAT"),
+        ("FLOAT", ".flac", "PCM_24"),
+    ],
+)
+def test_roundtrip_output_follows_the_input_sample_format(tmp_path, capsys, speech, subtype, suffix, expected) -> None:
+    wav, rate = speech
+    source = write_wav(tmp_path / "in.wav", wav[:, :4000], rate, subtype)
+    assert run(capsys, "roundtrip", source, tmp_path / f"out{suffix}", "--model", "tiny", "-b", "2")[0] == 0
+    assert sf.info(tmp_path / f"out{suffix}").subtype == expected
+
+
+def test_subtype_option(tmp_path, capsys, compressed: Path) -> None:
+    assert run(capsys, "decompress", compressed, tmp_path / "plain.wav", "--model", "tiny")[0] == 0
+    assert sf.info(tmp_path / "plain.wav").subtype == "PCM_16"  # a .ndvq file does not record the input's
+    code, _, err = run(capsys, "decompress", compressed, tmp_path / "f.wav", "--model", "tiny", "--subtype", "float")
+    assert code == 0, err
+    assert sf.info(tmp_path / "f.wav").subtype == "FLOAT"
+    before = files(tmp_path)
+    code, _, err = run(capsys, "decompress", compressed, tmp_path / "v.wav", "--model", "tiny", "--subtype", "VORBIS")
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {tmp_path / 'v.wav'}: ", "WAV files cannot hold samples as VORBIS")
+    assert files(tmp_path) == before

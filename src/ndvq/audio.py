@@ -2,10 +2,11 @@
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+import errno
 import os
 from pathlib import Path
 import re
-import tempfile
+import secrets
 
 import numpy as np
 import soundfile as sf
@@ -14,6 +15,7 @@ import soxr
 from ndvq.errors import NdvqError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+_HIGH_RESOLUTION = ("PCM_24", "PCM_32", "FLOAT", "DOUBLE")  # sample formats above 16 bits
 
 
 # libsndfile notes a data chunk shorter than its header declares as "data : 32000 (should be 15978)".
@@ -83,35 +85,101 @@ def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); renamed onto `path` only if the block succeeds."""
+    """Yield a new empty file beside `path` (hidden, same suffix), renamed onto `path` only if the block succeeds
+    and removed otherwise, also when a signal ends the program (see cli).
+
+    The file is created as open() creates files, so `path` gets the mode the umask gives (0644 under 022).
+    OSErrors about the temporary file (creating, writing, renaming it) become NdvqErrors naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
     try:
-        yield Path(temporary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NdvqError(f"{path}: cannot create its folder ({error.strerror or error}: {error.filename})") from None
+    try:
+        temporary = _new_file_beside(path)
+    except OSError as error:
+        raise NdvqError(f"{path}: cannot write ({error.strerror or error})") from None
+    try:
+        yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        if str(temporary) not in (error.filename, error.filename2):
+            raise
+        raise NdvqError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        temporary.unlink(missing_ok=True)
 
 
-def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
-    """Write wav [C, T] atomically; the format follows the suffix (16-bit PCM for WAV)."""
-    write_audio_blocks(path, [wav], sample_rate, wav.shape[0])
+def _new_file_beside(path: Path) -> Path:
+    """Create an empty file `.STEM.RANDOM.tmpSUFFIX` next to `path`, mode 0666 less the umask."""
+    for _ in range(100):
+        temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
-def write_audio_blocks(path: str | os.PathLike, blocks: Iterable[np.ndarray], sample_rate: int, channels: int) -> None:
-    """Write consecutive blocks [C, n] to one file, atomically: nothing appears at `path` unless all succeed."""
+def check_output(path: str | os.PathLike, audio: bool = False, subtype: str | None = None) -> None:
+    """Refuse, before any work, an output path that is a directory; for audio also an unknown suffix or a
+    subtype its container cannot hold."""
     path = Path(path)
-    subtype = "PCM_16" if path.suffix.lower() == ".wav" else None
+    if path.is_dir():
+        raise NdvqError(f"{path}: is a directory (give an output file name)")
+    if audio:
+        _subtype(path, subtype)
+
+
+def subtype_like(source: str | os.PathLike, target: str | os.PathLike) -> str | None:
+    """The sample format of audio file `source` if `target`'s container holds it (24-bit or more becomes
+    PCM_24 where that is the best it holds); None (the container's default) otherwise or if unreadable."""
+    try:
+        subtype = sf.info(str(source)).subtype
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+        return None
+    try:
+        container = _format(Path(target))
+    except NdvqError:
+        return None  # check_output says what is wrong with the target
+    if sf.check_format(container, subtype):
+        return subtype
+    if subtype in _HIGH_RESOLUTION and sf.check_format(container, "PCM_24"):
+        return "PCM_24"
+    return None
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+    """Write wav [C, T] atomically; the format follows the suffix (see write_audio_blocks)."""
+    write_audio_blocks(path, [wav], sample_rate, wav.shape[0], subtype)
+
+
+def write_audio_blocks(
+    path: str | os.PathLike,
+    blocks: Iterable[np.ndarray],
+    sample_rate: int,
+    channels: int,
+    subtype: str | None = None,
+) -> None:
+    """Write consecutive blocks [C, n] to one file, atomically: nothing appears at `path` unless all succeed.
+
+    The container follows the suffix, the sample format is `subtype` (a soundfile subtype such as PCM_24 or
+    FLOAT; default: the container's, 16-bit PCM for WAV and FLAC). Samples are clipped to [-1, 1] except
+    in float formats.
+    """
+    path = Path(path)
+    container, subtype = _format(path), _subtype(path, subtype)
+    clip = subtype not in ("FLOAT", "DOUBLE")
     with atomic_path(path) as temporary:
         try:
-            with sf.SoundFile(temporary, "w", sample_rate, channels, subtype, format=_format(path)) as audio:
+            with sf.SoundFile(temporary, "w", sample_rate, channels, subtype, format=container) as audio:
                 for block in blocks:
-                    audio.write(np.clip(block, -1.0, 1.0).T)
+                    audio.write((np.clip(block, -1.0, 1.0) if clip else block).T)
         except (sf.LibsndfileError, TypeError, ValueError) as error:
-            raise NdvqError(f"{path}: cannot write audio ({error})") from None
+            detail = getattr(error, "error_string", None) or str(error)  # without the temporary file's name
+            raise NdvqError(f"{path}: cannot write audio ({detail})") from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -134,3 +202,14 @@ def _format(path: Path) -> str:
     if suffix.upper() in sf.available_formats() or suffix in formats:
         return formats.get(suffix, suffix.upper())
     raise NdvqError(f"{path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
+
+
+def _subtype(path: Path, subtype: str | None) -> str:
+    """`subtype` (any case) if `path`'s container holds it, else NdvqError; None: the container's default."""
+    container = _format(path)
+    if subtype is None:
+        return sf.default_subtype(container)
+    if not sf.check_format(container, subtype.upper()):
+        available = ", ".join(sf.available_subtypes(container))
+        raise NdvqError(f"{path}: {container} files cannot hold samples as {subtype} (they can: {available})")
+    return subtype.upper()

@@ -19,15 +19,23 @@ Layout (little-endian), format version 1:
     ...     P     codes, [C, n_q, frames] in C order, `bits` bits each, least significant bit first
     end-4   4     CRC-32 of everything before it
 
-P = ceil(C * n_q * frames * bits / 8), so the file is exactly `header_size(C) + P` bytes.
+P = ceil(C * n_q * frames * bits / 8), so the file is exactly `header_size(C) + P` bytes: 42 bytes of
+fields, 4 per channel of scales, 4 of checksum, the codes.
+
+Readers check every field (`check`) before anything is allocated: a valid CRC only says the file was not
+damaged after it was written, not that its writer was sound. Beyond the checksum, the fields must be
+within bounds and agree with each other and with the file's size; the unused bits after the last code
+must be zero, so an accepted file is exactly what `write` makes of its header and codes.
 """
 
 from dataclasses import dataclass
+import math
 import struct
 import zlib
 
 import numpy as np
 
+from ndvq.config import stages_for_bandwidth
 from ndvq.errors import NdvqError
 
 MAGIC = b"NDVQ"
@@ -35,6 +43,9 @@ VERSION = 1
 _FIELDS = struct.Struct("<4sB8sIHBBfIBQI")
 _CRC = struct.Struct("<I")
 _SLICE = 1 << 14  # codes (un)packed at a time, so the bit planes stay small; a multiple of 8: whole bytes
+SAMPLE_RATES = (1000, 768_000)  # Hz, inclusive: the audio and model rates a file may have
+MAX_CHANNELS = 255
+MAX_SCALE = 1e30  # RMS per channel: far below float32's limit, so that decoded samples stay finite
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     return b"".join(_pack(flat[i : i + _SLICE], bits) for i in range(0, flat.size, _SLICE))
 
 
-def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
+def unpack_codes(data: bytes | memoryview, count: int, bits: int) -> np.ndarray:
     """Inverse of pack_codes: the first `count` integers, int64."""
     codes = np.empty(count, np.int64)
     weights = 1 << np.arange(bits, dtype=np.int64)
@@ -96,10 +107,58 @@ def _pack(codes: np.ndarray, bits: int) -> bytes:
     return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
 
 
+def check(header: Header) -> None:
+    """Raise ValueError naming the first field that is out of bounds or disagrees with the others."""
+    low, high = SAMPLE_RATES
+    for what, rate in (("audio", header.sample_rate), ("model", header.model_sample_rate)):
+        if not low <= rate <= high:
+            raise ValueError(f"{what} sample rate {rate} Hz, not between {low} and {high}")
+    if header.hop_length < 1:
+        raise ValueError(f"hop length {header.hop_length}")
+    if not 1 <= header.bits <= 16:
+        raise ValueError(f"{header.bits} bits per code, not between 1 and 16")
+    if not 1 <= header.stages <= 255:
+        raise ValueError(f"{header.stages} stages, not between 1 and 255")
+    if not 1 <= header.channels <= MAX_CHANNELS or len(header.scales) != header.channels:
+        raise ValueError(f"{header.channels} channels with {len(header.scales)} scales")
+    if not all(0 < scale <= MAX_SCALE for scale in header.scales):
+        raise ValueError(f"scales {header.scales}, not each above 0 and at most {MAX_SCALE:g}")
+    if not (math.isfinite(header.bandwidth) and header.bandwidth > 0):
+        raise ValueError(f"bandwidth {header.bandwidth} kbps")
+    stages = _stages(header.bandwidth, header.model_sample_rate / header.hop_length, header.bits)
+    if header.stages not in stages:
+        raise ValueError(f"{header.stages} stages at {header.bandwidth:g} kbps (the rule gives {stages[-1]})")
+    frames = _frames(header.length, header.sample_rate, header.model_sample_rate, header.hop_length)
+    if header.frames not in frames:
+        raise ValueError(
+            f"{header.frames} frames for {header.length} samples at {header.sample_rate} Hz "
+            f"(expected {frames.start} to {frames.stop - 1})"
+            if frames
+            else f"{header.length} samples at {header.sample_rate} Hz: not even one at the model's rate"
+        )
+
+
+def _stages(bandwidth: float, frame_rate: float, bits: int) -> range:
+    """The stages the spec's rule gives at `bandwidth` kbps, allowing for its rounding to float32."""
+    lo, hi = (stages_for_bandwidth(bandwidth * factor, frame_rate, bits) for factor in (1 - 1e-6, 1 + 1e-6))
+    return range(lo, hi + 1)
+
+
+def _frames(length: int, sample_rate: int, model_rate: int, hop: int) -> range:
+    """The frame counts of `length` samples at `sample_rate` Hz once resampled to `model_rate`: soxr gives the
+    exact length rounded (none below half a sample), and one sample either way is allowed."""
+    exact = length * model_rate
+    if length < 1 or 2 * exact < sample_rate:
+        return range(0)
+    lo, hi = max(1, exact // sample_rate - 1), -(-exact // sample_rate) + 1
+    return range(-(-lo // hop), -(-hi // hop) + 1)
+
+
 def write(header: Header, codes: np.ndarray) -> bytes:
-    """Serialise codes [C, n_q, frames] with their header."""
+    """Serialise codes [C, n_q, frames] with their header (which must pass `check`)."""
+    check(header)
     expected = (header.channels, header.stages, header.frames)
-    if codes.shape != expected or len(header.scales) != header.channels:
+    if codes.shape != expected:
         raise ValueError(f"codes of shape {codes.shape} do not match the header {expected}")
     fields = _FIELDS.pack(
         MAGIC,
@@ -119,26 +178,39 @@ def write(header: Header, codes: np.ndarray) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def read(data: bytes, name: str = "input") -> tuple[Header, np.ndarray]:
-    """Parse and verify a bitstream: (header, codes [C, n_q, frames]). Raises NdvqError naming `name`."""
+def read_header(data: bytes, name: str = "input") -> Header:
+    """Parse and verify a bitstream's header, checksum and size without unpacking its codes.
+
+    Raises NdvqError naming `name` for anything but a file `write` could have made (see `check`).
+    """
     if len(data) < _FIELDS.size + _CRC.size or data[:4] != MAGIC:
         raise NdvqError(f"{name}: not an .ndvq file")
     (_, version, *values) = _FIELDS.unpack_from(data)
     if version != VERSION:
         raise NdvqError(f"{name}: unsupported .ndvq format version {version} (this version of ndvq reads {VERSION})")
-    header = Header(*values, scales=())
-    expected = header_size(header.channels) + payload_size(header.channels, header.stages, header.frames, header.bits)
+    fields = Header(*values, scales=())
+    expected = header_size(fields.channels) + payload_size(fields.channels, fields.stages, fields.frames, fields.bits)
     (checksum,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-    if checksum != zlib.crc32(data[: -_CRC.size]):
+    if checksum != zlib.crc32(memoryview(data)[: -_CRC.size]):
         if len(data) != expected:
             raise NdvqError(f"{name}: truncated or corrupted .ndvq file ({len(data)} bytes, header says {expected})")
         raise NdvqError(f"{name}: corrupted .ndvq file (checksum mismatch)")
-    if len(data) != expected or not (
-        1 <= header.bits <= 16 and header.stages and header.channels and header.hop_length
-    ):
-        raise NdvqError(f"{name}: inconsistent .ndvq header")
-    scales = struct.unpack_from(f"<{header.channels}f", data, _FIELDS.size)
-    header = Header(*values, scales=scales)
+    if len(data) != expected:
+        raise NdvqError(f"{name}: inconsistent .ndvq file ({len(data)} bytes, its header says {expected})")
+    header = Header(*values, scales=struct.unpack_from(f"<{fields.channels}f", data, _FIELDS.size))
+    try:
+        check(header)
+    except ValueError as error:
+        raise NdvqError(f"{name}: impossible .ndvq header ({error})") from None
+    used = header.channels * header.stages * header.frames * header.bits % 8
+    if used and data[-_CRC.size - 1] >> used:
+        raise NdvqError(f"{name}: inconsistent .ndvq file (bits set after the last code)")
+    return header
+
+
+def read(data: bytes, name: str = "input") -> tuple[Header, np.ndarray]:
+    """Parse and verify a bitstream (see read_header): (header, codes [C, n_q, frames])."""
+    header = read_header(data, name)
     count = header.channels * header.stages * header.frames
-    codes = unpack_codes(data[_FIELDS.size + 4 * header.channels : -_CRC.size], count, header.bits)
-    return header, codes.reshape(header.channels, header.stages, header.frames)
+    payload = memoryview(data)[_FIELDS.size + 4 * header.channels : -_CRC.size]
+    return header, unpack_codes(payload, count, header.bits).reshape(header.channels, header.stages, header.frames)

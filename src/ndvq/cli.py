@@ -2,16 +2,19 @@
 
 import argparse
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 import logging
 import os
 from pathlib import Path
+import signal
 import sys
+import threading
 import time
 
 import torch
 
 from ndvq import bitstream
-from ndvq.audio import AUDIO_SUFFIXES, read_bytes
+from ndvq.audio import AUDIO_SUFFIXES, check_output, read_bytes, subtype_like
 from ndvq.codec import Codec
 from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
 from ndvq.errors import NdvqError
@@ -19,6 +22,39 @@ from ndvq.presets import PRESETS
 
 log = logging.getLogger("ndvq")
 DEFAULT_MODEL = "speech-16k"
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Stopped(BaseException):
+    """Raised by SIGTERM and SIGHUP as SIGINT raises KeyboardInterrupt: `finally` blocks (temporary files)
+    run, then main returns 128 + the signal's number. A BaseException, so `except Exception` lets it by."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """While a command runs, STOP_SIGNALS raise Stopped (in the main thread of this process only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a forked child (a data loader worker) dies as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, signal.SIG_DFL if action is None else action)
 
 
 def _load_model(source: str) -> Codec:
@@ -33,7 +69,7 @@ def _load_model(source: str) -> Codec:
 
 
 def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
-    header, _ = bitstream.read(data, str(target))
+    header = bitstream.read_header(data, str(target))
     fixed = bitstream.header_size(header.channels)
     return (
         f"{source} -> {target}: {header.duration:.2f} s x {header.channels} ch at {header.bandwidth:g} kbps "
@@ -53,21 +89,23 @@ def _compress_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[P
     return run
 
 
-def _decompress_one(codec: Codec, progress: bool) -> Callable[[Path, Path], str]:
+def _decompress_one(codec: Codec, progress: bool, subtype: str | None) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        header = decompress_file(codec, source, target, progress=progress)
+        header = decompress_file(codec, source, target, progress=progress, subtype=subtype)
         seconds = time.perf_counter() - start
         return f"{source} -> {target}: {header.duration:.2f} s at {header.sample_rate} Hz; {seconds:.2f} s"
 
     return run
 
 
-def _roundtrip_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
+def _roundtrip_one(codec: Codec, bandwidth: float, progress: bool, subtype: str | None) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
+        chosen = subtype or subtype_like(source, target)
+        check_output(target, audio=True, subtype=chosen)
         data = encode_file(codec, source, bandwidth, progress=progress)
-        decode_to_file(codec, data, target, str(source), progress=progress)
+        decode_to_file(codec, data, target, str(source), progress=progress, subtype=chosen)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -104,7 +142,7 @@ def _run_jobs(jobs: Iterator[tuple[Path, Path]], run: Callable[[Path, Path], str
 
 def _info(args: argparse.Namespace) -> int:
     data = read_bytes(args.input)
-    header, codes = bitstream.read(data, str(args.input))
+    header = bitstream.read_header(data, str(args.input))
     fixed = bitstream.header_size(header.channels)
     print(f"file:          {args.input} ({len(data)} bytes: {len(data) - fixed} codes + {fixed} header)")
     print(f"format:        .ndvq version {bitstream.VERSION}")
@@ -136,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         if model:
             command.add_argument(
                 "--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})"
+            )
+        if name in ("decompress", "roundtrip"):
+            default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
+            command.add_argument(
+                "--subtype", help=f"sample format of the output, e.g. PCM_16, PCM_24, FLOAT (default: {default})"
             )
         return command
 
@@ -243,40 +286,49 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("NDVQ_THREADS", torch.get_num_threads())))
     progress = sys.stderr.isatty()
     try:
-        if args.command == "info":
-            return _info(args)
-        if args.command in ("train", "export"):
-            return _train(args)
-        if args.command == "eval":
-            return _evaluate(args)
-        if args.command == "report":
-            from ndvq.eval.report import write_report
-
-            print(write_report(args.results, args.out))
-            return 0
-        if args.command == "data":
-            from ndvq.train.corpus import run_data_command
-
-            return run_data_command(args)
-        if not args.input.exists():
-            raise NdvqError(f"{args.input}: no such file or directory")
-        codec = _load_model(args.model)
-        if args.command == "compress":
-            codec.stages(args.bandwidth)
-            jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
-            return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress))
-        if args.command == "decompress":
-            jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
-            return _run_jobs(jobs, _decompress_one(codec, progress))
-        codec.stages(args.bandwidth)
-        jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
-        return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress))
+        with _stop_signals_raise():
+            return _command(args, progress)
     except NdvqError as error:
         log.error("error: %s", error)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Stopped as stop:
+        log.error("stopped by %s", signal.Signals(stop.signum).name)
+        return 128 + stop.signum
+
+
+def _command(args: argparse.Namespace, progress: bool) -> int:
+    """Run the parsed command; NdvqError, KeyboardInterrupt and Stopped are main's to report."""
+    if args.command == "info":
+        return _info(args)
+    if args.command in ("train", "export"):
+        return _train(args)
+    if args.command == "eval":
+        return _evaluate(args)
+    if args.command == "report":
+        from ndvq.eval.report import write_report
+
+        print(write_report(args.results, args.out))
+        return 0
+    if args.command == "data":
+        from ndvq.train.corpus import run_data_command
+
+        return run_data_command(args)
+    if not args.input.exists():
+        raise NdvqError(f"{args.input}: no such file or directory")
+    codec = _load_model(args.model)
+    if args.command == "compress":
+        codec.stages(args.bandwidth)
+        jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
+        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress))
+    if args.command == "decompress":
+        jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
+        return _run_jobs(jobs, _decompress_one(codec, progress, args.subtype))
+    codec.stages(args.bandwidth)
+    jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
+    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype))
 
 
 def entry_point() -> None:

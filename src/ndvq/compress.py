@@ -14,7 +14,15 @@ import torch
 from tqdm import tqdm
 
 from ndvq import bitstream
-from ndvq.audio import audio_blocks, check_audio, open_audio, read_bytes, write_audio_blocks, write_bytes
+from ndvq.audio import (
+    audio_blocks,
+    check_audio,
+    check_output,
+    open_audio,
+    read_bytes,
+    write_audio_blocks,
+    write_bytes,
+)
 from ndvq.codec import Codec, signal_scale
 from ndvq.errors import NdvqError
 
@@ -57,7 +65,7 @@ def _at_model_rate(
 
 
 def _scale_and_length(
-    codec: Codec, blocks: Iterable[np.ndarray], sample_rate: int, channels: int
+    codec: Codec, blocks: Iterable[np.ndarray], sample_rate: int, channels: int, name: str
 ) -> tuple[torch.Tensor, int]:
     """The first pass: the RMS scale per channel at the model's rate [C, 1, 1], and the length in samples."""
     length = 0
@@ -68,18 +76,33 @@ def _scale_and_length(
             length += block.shape[1]
             yield block
 
-    scale = signal_scale(_at_model_rate(codec, counted(), sample_rate, channels))
-    return scale, length
+    def at_least_one_sample() -> Iterator[torch.Tensor]:
+        model_length = 0
+        for block in _at_model_rate(codec, counted(), sample_rate, channels):
+            model_length += block.shape[-1]
+            yield block
+        if not model_length:
+            raise NdvqError(
+                f"{name}: too short ({length} samples at {sample_rate} Hz, "
+                f"not one sample at the model's {codec.sample_rate} Hz)"
+            )
+
+    return signal_scale(at_least_one_sample()), length
 
 
 def _encode(
     codec: Codec, read: Blocks, sample_rate: int, channels: int, bandwidth: float, progress: bool, name: str
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes."""
-    if channels > 255:
-        raise NdvqError(f"{name}: {channels} channels, at most 255 are supported")
+    if channels > bitstream.MAX_CHANNELS:
+        raise NdvqError(f"{name}: {channels} channels, at most {bitstream.MAX_CHANNELS} are supported")
+    low, high = bitstream.SAMPLE_RATES
+    if not low <= sample_rate <= high:
+        raise NdvqError(f"{name}: sample rate {sample_rate} Hz, not between {low} and {high} Hz")
     n_q = codec.stages(bandwidth)
-    scale, length = _scale_and_length(codec, read(), sample_rate, channels)
+    scale, length = _scale_and_length(codec, read(), sample_rate, channels, name)
+    if float(scale.max()) > bitstream.MAX_SCALE:
+        raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {bitstream.MAX_SCALE:g})")
     blocks = _with_progress(read(), sample_rate, length / sample_rate, progress)
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
     codes = torch.cat(list(codec.encode_blocks(model_blocks, bandwidth, scale)), dim=-1)
@@ -127,6 +150,7 @@ def compress_file(
     codec: Codec, source: str | os.PathLike, target: str | os.PathLike, bandwidth: float, progress: bool = False
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
+    check_output(target)
     data = encode_file(codec, source, bandwidth, progress)
     write_bytes(target, data)
     return data
@@ -135,13 +159,26 @@ def compress_file(
 def _decoded(codec: Codec, data: bytes, name: str, progress: bool) -> tuple[bitstream.Header, Iterator[np.ndarray]]:
     """The header, and the decoded audio as blocks [C, n] at the original rate, `length` samples in all."""
     header, codes = bitstream.read(data, name)
+    _check_model(codec, header, name)
+    blocks = _trimmed(_decoded_blocks(codec, header, codes), header.channels, header.length)
+    return header, _with_progress(blocks, header.sample_rate, header.duration, progress)
+
+
+def _check_model(codec: Codec, header: bitstream.Header, name: str) -> None:
+    """The header's model fields against the model: its id, then what the id implies (a forged file may lie)."""
     if header.model_id != codec.identity():
         raise NdvqError(
             f"{name}: made by another model (model id {header.model_id.hex()}, "
             f"this model is {codec.identity().hex()}); pass the model it was made with (--model)"
         )
-    blocks = _trimmed(_decoded_blocks(codec, header, codes), header.channels, header.length)
-    return header, _with_progress(blocks, header.sample_rate, header.duration, progress)
+    found = (header.model_sample_rate, header.hop_length, header.bits)
+    expected = (codec.sample_rate, codec.hop_length, codec.config.bits_per_code)
+    if found != expected or header.stages > codec.num_codebooks:
+        raise NdvqError(
+            f"{name}: impossible .ndvq header for its model ({header.model_sample_rate} Hz, hop {header.hop_length}, "
+            f"{header.bits} bits, {header.stages} stages; the model: {codec.sample_rate} Hz, hop {codec.hop_length}, "
+            f"{codec.config.bits_per_code} bits, {codec.num_codebooks} stages)"
+        )
 
 
 def _decoded_blocks(codec: Codec, header: bitstream.Header, codes: np.ndarray) -> Iterator[np.ndarray]:
@@ -169,17 +206,28 @@ def decompress(data: bytes, codec: Codec, name: str = "input", progress: bool = 
 
 
 def decode_to_file(
-    codec: Codec, data: bytes, target: str | os.PathLike, name: str = "input", progress: bool = False
+    codec: Codec,
+    data: bytes,
+    target: str | os.PathLike,
+    name: str = "input",
+    progress: bool = False,
+    subtype: str | None = None,
 ) -> bitstream.Header:
     """.ndvq bytes -> an audio file at the original rate, channels and length, written block by block and
-    atomically (the format follows the suffix, 16-bit PCM for WAV). Errors name `name`."""
+    atomically. The container follows the suffix, the sample format is `subtype` (default: the container's,
+    16-bit PCM for WAV). Errors about the bytes name `name`, errors about the output name `target`."""
+    check_output(target, audio=True, subtype=subtype)
     header, blocks = _decoded(codec, data, name, progress)
-    write_audio_blocks(target, blocks, header.sample_rate, header.channels)
+    write_audio_blocks(target, blocks, header.sample_rate, header.channels, subtype)
     return header
 
 
 def decompress_file(
-    codec: Codec, source: str | os.PathLike, target: str | os.PathLike, progress: bool = False
+    codec: Codec,
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    progress: bool = False,
+    subtype: str | None = None,
 ) -> bitstream.Header:
     """Decompress a .ndvq file into an audio file (see decode_to_file). Returns its header."""
-    return decode_to_file(codec, read_bytes(source), target, str(source), progress)
+    return decode_to_file(codec, read_bytes(source), target, str(source), progress, subtype)
