@@ -72,6 +72,12 @@ def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
     }
 
 
+def preset_bandwidth(preset: str, requested: float) -> float:
+    """`requested` kbps if the preset has that bitrate, else its highest one below (or its lowest)."""
+    bandwidths = sorted(PRESETS[preset].bandwidths)
+    return max((b for b in bandwidths if b <= requested), default=bandwidths[0])
+
+
 def time_call(fn, repeats: int = 5) -> float:
     fn()
     start = time.perf_counter()
@@ -128,7 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--durations", type=float, nargs="+", default=[10.0, 600.0])
     parser.add_argument("--presets", nargs="+", default=["paper-24k", "speech-16k"], choices=list(PRESETS))
-    parser.add_argument("--bandwidth", type=float, default=6.0)
+    parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,19 +144,21 @@ def main() -> None:
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"codec at {args.bandwidth:g} kbps (files: FLAC -> compress_file -> decompress_file -> WAV, untrained):")
+    print("codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights):")
     print(
-        f"{'preset':<11} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} {'RSS loaded MB':>13} {'RSS peak MB':>11}"
+        f"{'preset':<11} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
+        f"{'RSS loaded MB':>13} {'RSS peak MB':>11}"
     )
     for preset in args.presets:
+        bandwidth = preset_bandwidth(preset, args.bandwidth)
         for seconds in args.durations:
-            command = [sys.executable, __file__, "--threads", str(args.threads), "--bandwidth", str(args.bandwidth)]
-            output = subprocess.run(
-                [*command, "--one", preset, str(seconds)], capture_output=True, text=True, check=True
-            )
+            command = [sys.executable, __file__, "--threads", str(args.threads), "--bandwidth", str(bandwidth)]
+            output = subprocess.run([*command, "--one", preset, str(seconds)], capture_output=True, text=True)
+            if output.returncode:
+                sys.exit(f"{preset}, {seconds:g} s at {bandwidth:g} kbps failed:\n{output.stderr}")
             row = json.loads(output.stdout.strip().splitlines()[-1])
             print(
-                f"{preset:<11} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
+                f"{preset:<11} {bandwidth:5g} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
                 f"{row['rss_loaded_mb']:13.0f} {row['rss_peak_mb']:11.0f}"
             )
     frames, n_q = 75, 8
