@@ -89,38 +89,49 @@ def test_projection_when_code_dimension_differs() -> None:
 
 def test_paper_and_nll_losses() -> None:
     z = torch.randn(2, 8, 40)
-    paper = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)(z, 2).losses
-    nll = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, loss="nll")(z, 2).losses
+    paper = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, estimator="gradient")(z, 2).losses
+    nll = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, estimator="gradient", loss="nll")(z, 2).losses
+    ema = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)(z, 2).losses
     assert set(paper) == {"commitment", "codebook", "variance"}
     assert set(nll) == {"commitment", "nll"}
+    assert set(ema) == {"commitment"}
     with pytest.raises(ValueError):
         ResidualNDVQ(loss="elbo")
+    with pytest.raises(ValueError):
+        ResidualNDVQ(estimator="vae")
 
 
 def test_paper_loss_gives_the_variance_no_reconstruction_gradient() -> None:
-    quantizer = ResidualNDVQ(dim=8, num_codebooks=1, codebook_size=16)
+    quantizer = ResidualNDVQ(dim=8, num_codebooks=1, codebook_size=16, estimator="gradient")
     quantizer(torch.randn(2, 8, 40), 1)  # initialise
     quantizer(torch.randn(2, 8, 40, requires_grad=True), 1).quantized.pow(2).sum().backward()
     assert quantizer.codebooks[0].codebook.grad is None or not quantizer.codebooks[0].codebook.grad.any()
 
 
-def test_kmeans_initialisation_happens_once_and_survives_reload() -> None:
-    quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+@pytest.mark.parametrize("estimator", ["ema", "gradient"])
+def test_kmeans_initialisation_happens_once_and_survives_reload(estimator) -> None:
+    quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, estimator=estimator)
     book = quantizer.codebooks[0]
     assert not book.initialised
     data = torch.randn(4, 8, 100) + 5.0
     quantizer(data, 1)
     assert book.initialised and not quantizer.codebooks[1].initialised  # stage 2 was not used
     assert (book.mean.mean() - 5.0).abs() < 0.5  # means moved onto the data
-    assert torch.equal(book.log_variance, torch.zeros(16, 8))
+    if estimator == "gradient":  # the paper's start: unit variance
+        assert torch.equal(book.log_variance, torch.zeros(16, 8))
+    else:  # the clusters' spread, well under the data's unit variance
+        assert book.log_variance.exp().mean() < 0.9
+    quantizer.eval()
     means = book.mean.detach().clone()
     quantizer(torch.randn(4, 8, 100) - 5.0, 1)
-    assert torch.equal(book.mean, means)  # no second initialisation
-    reloaded = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
+    assert torch.equal(book.mean, means)  # no second initialisation, no update in eval mode
+    reloaded = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16, estimator=estimator)
     reloaded.load_state_dict(quantizer.state_dict())
     assert reloaded.codebooks[0].initialised
-    reloaded(torch.randn(4, 8, 100) - 5.0, 1)
-    assert torch.equal(reloaded.codebooks[0].mean, means)
+    torch.testing.assert_close(reloaded.codebooks[0].codebook, book.codebook)
+    quantizer.train()
+    quantizer(torch.randn(4, 8, 100) - 5.0, 1)
+    assert not torch.equal(book.mean, means) or estimator == "gradient"  # EMA updates in train mode
 
 
 def test_rvq_revives_dead_codes_with_fresh_statistics() -> None:
@@ -157,3 +168,99 @@ def test_initialisation_and_ema_identical_on_two_gloo_ranks(tmp_path) -> None:
     result = tmp_path / "result"
     mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(result)), nprocs=2)
     assert result.read_text() == "same"
+
+
+def clustered_latents(clusters: int, frames: int, dim: int = 8, spread: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """Frames [frames, dim] around `clusters` random centres with per-dimension std `spread`."""
+    return labelled_latents(clusters, frames, dim, spread, seed)[0]
+
+
+def labelled_latents(clusters: int, frames: int, dim: int = 8, spread: float = 0.1, seed: int = 0):
+    """clustered_latents and each frame's cluster [frames]."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=generator)
+    labels = torch.randint(clusters, (frames,), generator=generator)
+    return centres[labels] + spread * torch.randn(frames, dim, generator=generator), labels
+
+
+def train_alone(quantizer: ResidualNDVQ, data: torch.Tensor, steps: int, batch: int = 256) -> None:
+    generator = torch.Generator().manual_seed(1)
+    quantizer.train()
+    for _ in range(steps):
+        index = torch.randint(data.shape[0], (batch,), generator=generator)
+        quantizer(data[index].t()[None], quantizer.num_codebooks)
+
+
+def usage_bits(codes: torch.Tensor, size: int) -> float:
+    p = torch.bincount(codes, minlength=size).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def test_ema_ndvq_is_scale_equivariant() -> None:
+    data = clustered_latents(32, 4000)
+    codes = []
+    for scale in (1e-3, 1.0):
+        torch.manual_seed(0)
+        quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=64)
+        quantizer.initialise(data[:1000] * scale)
+        train_alone(quantizer, data * scale, steps=50)
+        codes.append(quantizer.eval().encode(data.t()[None] * scale, 2)[0])
+    agree = (codes[0] == codes[1]).float().mean()
+    assert agree > 0.999
+    assert usage_bits(codes[0][0], 64) == pytest.approx(usage_bits(codes[1][0], 64), abs=0.01)
+    assert usage_bits(codes[0][0], 64) > 4.5  # 32 clusters: 5 bits, and no collapse at the small scale
+
+
+def test_ema_ndvq_keeps_usage_and_learns_the_spread() -> None:
+    """64 Gaussian clusters, 150 steps of a learnable encoder with the trainer's optimiser."""
+    from ndvq.train.config import OptimConfig
+    from ndvq.train.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    data, labels = labelled_latents(64, 20000, spread=0.05)
+    model = torch.nn.ModuleDict(
+        {"encoder": torch.nn.Linear(8, 8), "quantizer": ResidualNDVQ(dim=8, num_codebooks=1, codebook_size=64)}
+    )
+    with torch.no_grad():
+        model["encoder"].weight.copy_(torch.eye(8))
+        model["encoder"].bias.zero_()
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
+    model["quantizer"].initialise(model["encoder"](data[:640]).detach())
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        x = data[torch.randint(data.shape[0], (256,), generator=generator)]
+        out = model["quantizer"](model["encoder"](x).t()[None], 1)
+        loss = (out.quantized[0].t() - x).pow(2).mean() + sum(out.losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    book = model["quantizer"].codebooks[0]
+    with torch.no_grad():
+        latent = model["encoder"](data)
+        codes = model["quantizer"].eval().encode(latent.t()[None], 1)[0, 0]
+        centres = torch.zeros(64, 8).index_add_(0, labels, latent) / torch.bincount(labels, minlength=64)[:, None]
+        spread = (latent - centres[labels]).pow(2).mean(0).sqrt()  # the true spread of the encoded clusters [D]
+    assert usage_bits(codes, 64) >= 5.0
+    used = torch.bincount(codes, minlength=64) > 0
+    sigma = book.log_variance[used].exp().sqrt()
+    assert ((sigma > spread / 2) & (sigma < spread * 2)).all()
+
+
+@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
+def test_no_duplicate_centroids_when_frames_are_fewer_than_codes(make) -> None:
+    quantizer = make(dim=8, num_codebooks=1, codebook_size=256)
+    quantizer.initialise(torch.randn(100, 8))
+    vectors = quantizer.codebooks[0].decode(torch.arange(256))
+    assert torch.unique(vectors, dim=0).shape[0] == 256
+
+
+@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
+def test_assignment_under_bf16_autocast_equals_float32(make) -> None:
+    quantizer = make(dim=16, num_codebooks=3, codebook_size=128)
+    data = clustered_latents(128, 4000, dim=16) * 0.004  # the scale of an untrained encoder's latent
+    quantizer.initialise(data)
+    z = data.t()[None]
+    expected = quantizer.eval().encode(z, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(quantizer.encode(z, 3), expected)

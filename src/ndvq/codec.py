@@ -83,7 +83,13 @@ class Codec(nn.Module):
             kmeans_iterations=config.kmeans_iterations,
         )
         if config.quantizer == "ndvq":
-            self.quantizer = ResidualNDVQ(**quantizer, loss=config.ndvq_loss, variance_floor=config.variance_floor)
+            self.quantizer = ResidualNDVQ(
+                **quantizer,
+                estimator=config.ndvq_estimator,
+                loss=config.ndvq_loss,
+                residual=config.ndvq_residual,
+                variance_floor=config.variance_floor,
+            )
         else:
             self.quantizer = ResidualVQ(**quantizer)
         # Non-causal models are run on long inputs in overlapping windows: the context covers the

@@ -25,7 +25,9 @@ class CodecConfig:
     codebook_size: int = 1024
     num_codebooks: int = 32
     codebook_dim: int | None = None  # None: the latent dimension, no projection
-    ndvq_loss: str = "paper"  # "paper" or "nll"
+    ndvq_estimator: str = "ema"  # "ema" (online EM statistics) or "gradient" (the paper's losses)
+    ndvq_loss: str = "paper"  # "paper" or "nll", for the "gradient" estimator
+    ndvq_residual: str = "sample"  # the next stage gets what is left after the "sample" or the "mean"
     variance_floor: float = 1e-4  # lower bound of the variances in the "nll" variant
     kmeans_iterations: int = 50
     bandwidths: tuple[float, ...] = (1.0, 1.5, 3.0, 4.5, 6.0, 9.0, 12.0, 16.0, 24.0)
@@ -33,6 +35,13 @@ class CodecConfig:
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        for name, allowed in (
+            ("ndvq_estimator", ("ema", "gradient")),
+            ("ndvq_loss", ("paper", "nll")),
+            ("ndvq_residual", ("sample", "mean")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
             raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
         if self.channels != 1:

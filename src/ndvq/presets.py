@@ -8,6 +8,16 @@ PRESETS: dict[str, CodecConfig] = {
     # The same design at 16 kHz for the embedded speech corpus: 50 Hz frames, 0.5 kbps per stage,
     # 48 stages so that 24 kbps is reached.
     "speech-16k": CodecConfig(sample_rate=16000, num_codebooks=48),
+    # speech-16k sized for a 2-core CPU: half the channels, one LSTM layer, a 64-dimensional latent,
+    # 24 stages (up to 12 kbps).
+    "speech-16k-small": CodecConfig(
+        sample_rate=16000,
+        n_filters=16,
+        lstm_layers=1,
+        dimension=64,
+        num_codebooks=24,
+        bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
+    ),
     # A model small enough for tests: 250 Hz frames, 256 codes (2 kbps per stage), 4 stages.
     "tiny": CodecConfig(
         sample_rate=16000,

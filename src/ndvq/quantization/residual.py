@@ -5,6 +5,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+RESIDUALS = ("sample", "mean")
+
 
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # [B, D, T], straight-through: its gradient reaches z unchanged
@@ -16,13 +18,18 @@ class ResidualQuantizer(nn.Module):
     """Quantizes z, then what is left of it, stage after stage.
 
     A stage (codebook) maps x [N, d] to (q [N, d] detached, codes [N], losses) in `forward`, and has
-    `encode(x) -> codes` and `decode(codes) -> q`. Where the code dimension d differs from the latent
+    `encode(x) -> codes`, `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
+    the code (NDVQ): `residual` says whether the next stage gets what is left after the sample or after
+    the code's mean. Where the code dimension d differs from the latent
     dimension, a Linear projection in and out surrounds each stage.
     """
 
-    def __init__(self, codebooks: list[nn.Module], dim: int, codebook_dim: int) -> None:
+    def __init__(self, codebooks: list[nn.Module], dim: int, codebook_dim: int, residual: str = "sample") -> None:
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
         self.codebooks = nn.ModuleList(codebooks)
+        self.residual = residual
 
         def projection(a: int, b: int) -> nn.Module:
             return nn.Linear(a, b) if a != b else nn.Identity()
@@ -55,7 +62,8 @@ class ResidualQuantizer(nn.Module):
         for i in range(n_q):
             q, index, stage_losses = self.codebooks[i](self.project_in[i](residual))
             q = self.project_out[i](q)
-            residual = residual - q.detach()
+            kept = q if self.residual == "sample" else self.project_out[i](self.codebooks[i].decode(index))
+            residual = residual - kept.detach()
             total = total + q
             codes.append(index)
             for name, value in stage_losses.items():
@@ -64,6 +72,20 @@ class ResidualQuantizer(nn.Module):
         quantized = total + x - x.detach()
         quantized = quantized.reshape(batch, frames, dim).transpose(1, 2)
         return QuantizerOutput(quantized, torch.stack(codes, 1).reshape(batch, frames, n_q).transpose(1, 2), losses)
+
+    @torch.no_grad()
+    def initialise(self, z: torch.Tensor) -> None:
+        """k-means-initialise every stage, each on what the previous stages leave of z [B, D, T] (or frames
+        [N, D]). Gather at least 10 x codebook_size frames, for example from several batches."""
+        residual = z.transpose(1, 2).reshape(-1, self.dim) if z.dim() == 3 else z
+        for i, codebook in enumerate(self.codebooks):
+            x = self.project_in[i](residual)
+            codebook.initialise(x)
+            residual = residual - self.project_out[i](codebook.decode(codebook.encode(x)))
+
+    @property
+    def initialised(self) -> bool:
+        return all(bool(codebook.initialised) for codebook in self.codebooks)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor, n_q: int | None = None) -> torch.Tensor:

@@ -44,7 +44,8 @@ class EuclideanCodebook(nn.Module):
         return self.embedding[codes]
 
     @torch.no_grad()
-    def _initialise(self, x: torch.Tensor) -> None:
+    def initialise(self, x: torch.Tensor) -> None:
+        """k-means on frames x [N, D] (on rank 0, broadcast); best with N >= 10 K."""
         centroids, counts = kmeans_on_rank0(x, self.size, self.kmeans_iterations)
         self.embedding.copy_(centroids)
         self.embedding_sum.copy_(centroids * counts[:, None])
@@ -76,7 +77,7 @@ class EuclideanCodebook(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """x [N, D] -> (q [N, D] without gradient, codes [N], losses)."""
         if self.training and not self.initialised:
-            self._initialise(x.detach())
+            self.initialise(x.detach())
         codes = self.encode(x.detach())
         q = self.decode(codes)
         if self.training:
@@ -102,4 +103,4 @@ class ResidualVQ(ResidualQuantizer):
             EuclideanCodebook(codebook_size, codebook_dim, decay, 1e-5, dead_code_threshold, kmeans_iterations)
             for _ in range(num_codebooks)
         ]
-        super().__init__(codebooks, dim, codebook_dim)
+        super().__init__(codebooks, dim, codebook_dim, residual="mean")

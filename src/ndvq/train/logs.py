@@ -7,8 +7,11 @@ from pathlib import Path
 import torch
 
 from ndvq.modules.spectral import LogMagnitude
+from ndvq.quantization import ResidualQuantizer
 
 log = logging.getLogger("ndvq")
+COLLAPSE_BITS = 1.0  # a stage whose codes carry less information than this in training has collapsed...
+COLLAPSE_FLUSHES = 3  # ...when it stays there for this many log periods
 
 
 def codebook_usage(counts: torch.Tensor) -> tuple[list[float], list[int]]:
@@ -27,6 +30,32 @@ def codebook_usage(counts: torch.Tensor) -> tuple[list[float], list[int]]:
     return entropies, unused
 
 
+def code_counts(codes: torch.Tensor, size: int) -> torch.Tensor:
+    """codes [B, n_q, T] -> occurrences of each code per stage [n_q, size]."""
+    flat = codes.detach().transpose(0, 1).reshape(codes.shape[1], -1).cpu()
+    return torch.zeros(codes.shape[1], size, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+
+
+@torch.no_grad()
+def spread_statistics(quantizer: ResidualQuantizer, latent: torch.Tensor, codes: torch.Tensor) -> dict[str, float]:
+    """Per stage, the frames' RMS distance per dimension to their code's mean ("spread") and, for Gaussian
+    codes, the RMS of the assigned codes' sigma ("sigma"); latent [B, D, T], codes [B, n_q, T] from eval mode.
+
+    A sigma far from the spread means the variances have lost track of the clusters."""
+    results = {}
+    residual = latent.transpose(1, 2).reshape(-1, latent.shape[1])
+    flat = codes.transpose(1, 2).reshape(-1, codes.shape[1])
+    for i in range(codes.shape[1]):
+        book = quantizer.codebooks[i]
+        x = quantizer.project_in[i](residual)
+        mean = book.decode(flat[:, i])
+        results[f"valid/spread_stage{i + 1}"] = (x - mean).pow(2).mean().sqrt().item()
+        if hasattr(book, "log_variance"):
+            results[f"valid/sigma_stage{i + 1}"] = book.log_variance[flat[:, i]].exp().mean().sqrt().item()
+        residual = residual - quantizer.project_out[i](mean)
+    return results
+
+
 class MetricLogger:
     """Averages metrics between flushes; writes `metrics.jsonl` and TensorBoard events in the run directory."""
 
@@ -35,6 +64,7 @@ class MetricLogger:
         self.sums: dict[str, float] = {}
         self.count, self.last_step = 0, 0
         self.code_counts = torch.zeros(codebooks, dtype=torch.long)  # [stages, K]
+        self.low_usage = [0] * codebooks[0]  # consecutive flushes under COLLAPSE_BITS, per stage
         self.writer = None
         if not enabled:
             return
@@ -51,9 +81,7 @@ class MetricLogger:
         for name, value in metrics.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.count, self.last_step = self.count + 1, step
-        stages = codes.shape[1]
-        flat = codes.detach().transpose(0, 1).reshape(stages, -1).cpu()
-        self.code_counts[:stages].scatter_add_(1, flat, torch.ones_like(flat))
+        self.code_counts[: codes.shape[1]] += code_counts(codes, self.code_counts.shape[1])
 
     def flush(self, step: int) -> None:
         """Write the averages since the last flush, and codebook usage over the same steps."""
@@ -64,6 +92,15 @@ class MetricLogger:
         for stage, (entropy, dead) in enumerate(zip(entropies, unused, strict=True)):
             averages[f"usage/entropy_bits_stage{stage + 1}"] = entropy
             averages[f"usage/unused_stage{stage + 1}"] = dead
+            self.low_usage[stage] = self.low_usage[stage] + 1 if entropy < COLLAPSE_BITS else 0
+            if self.low_usage[stage] == COLLAPSE_FLUSHES:
+                log.warning(
+                    "stage %d has collapsed: under %g bit of code usage for %d log periods (step %d)",
+                    stage + 1,
+                    COLLAPSE_BITS,
+                    COLLAPSE_FLUSHES,
+                    step,
+                )
         self.scalars(step, averages)
         self.sums, self.count = {}, 0
         self.code_counts.zero_()

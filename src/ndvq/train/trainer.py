@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from pathlib import Path
+import time
 from typing import Any
 
 import torch
@@ -19,11 +20,13 @@ from tqdm import tqdm
 from ndvq.codec import Codec
 from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
+from ndvq.eval.metrics import score
+from ndvq.quantization import ResidualQuantizer
 from ndvq.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ndvq.train.config import TrainConfig, save_config
+from ndvq.train.config import OptimConfig, TrainConfig, save_config
 from ndvq.train.data import AudioDataset
 from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
-from ndvq.train.logs import MetricLogger
+from ndvq.train.logs import MetricLogger, code_counts, codebook_usage, spread_statistics
 from ndvq.train.losses import (
     Balancer,
     MultiScaleMelLoss,
@@ -34,7 +37,19 @@ from ndvq.train.losses import (
 
 log = logging.getLogger("ndvq")
 CHECKPOINT_VERSION = 1
+INIT_FRAMES_PER_CODE = 10  # latent frames gathered for the k-means initialisation, per code
 RESUMABLE_CHANGES = {"steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"}
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """Adam with decoupled weight decay (AdamW, as fairseq's Adam in the authors' recipe), none on codebooks."""
+    codebooks = {id(p) for m in model.modules() if isinstance(m, ResidualQuantizer) for p in m.codebooks.parameters()}
+    decayed = [p for p in model.parameters() if id(p) not in codebooks]
+    groups = [
+        {"params": decayed},
+        {"params": [p for p in model.parameters() if id(p) in codebooks], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
 
 
 def _rank() -> tuple[int, int]:
@@ -63,10 +78,8 @@ class Trainer:
         self.model = self.codec
         if self.world > 1:  # unused parameters: codebooks beyond this step's n_q
             self.model = DistributedDataParallel(self.codec, find_unused_parameters=True)
-        optim = config.optim
-        adam = dict(lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
-        self.optimizer = torch.optim.Adam(self.codec.parameters(), **adam)
-        self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.optimizer = build_optimizer(self.codec, config.optim)
+        self.discriminator_optimizer = build_optimizer(self.discriminator, config.optim)
         self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
@@ -77,6 +90,7 @@ class Trainer:
         )
         self.valid_batch = self._validation_batch() if data.valid and self.rank == 0 else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.cpu_seconds_before = 0.0  # CPU time of earlier sessions of this run (this process's is added)
 
         self._prepare_run_dir(resume)
         torch.manual_seed(config.seed * 1000 + self.rank)  # per-rank noise for sampling from here on
@@ -228,6 +242,8 @@ class Trainer:
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
         batches = self._batches()
+        if not self.codec.quantizer.initialised:
+            self.initialise_codebooks(batches)
         try:
             while self.step < config.steps:
                 metrics, codes = self.train_step(next(batches))
@@ -236,6 +252,7 @@ class Trainer:
                 bar.set_postfix(
                     bw=f"{metrics['bandwidth']:g}", mel=f"{metrics['mel']:.3f}", total=f"{metrics['total']:.3f}"
                 )
+                metrics["cpu_hours"] = self.cpu_seconds() / 3600
                 self.logger.add(self.step, metrics, codes)
                 if self.step % config.log_every == 0:
                     self.logger.flush(self.step)
@@ -249,19 +266,53 @@ class Trainer:
         return self.codec
 
     @torch.no_grad()
+    def initialise_codebooks(self, batches: Iterator[torch.Tensor]) -> None:
+        """k-means-initialise every stage on the encoder's latents of enough batches for
+        INIT_FRAMES_PER_CODE frames per code (k-means on rank 0, broadcast)."""
+        wanted = INIT_FRAMES_PER_CODE * self.codec.codebook_size
+        latents, frames = [], 0
+        while frames < wanted:
+            latent, _ = self.codec.latent(next(batches))
+            latents.append(latent.transpose(1, 2).reshape(-1, latent.shape[1]))
+            frames += latents[-1].shape[0]
+        log.info("initialising %d codebooks by k-means on %d frames", self.codec.num_codebooks, frames)
+        self.codec.quantizer.initialise(torch.cat(latents))
+
+    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mel distance on the fixed validation crops at the lowest, a middle and the highest bandwidth."""
+        """On the fixed validation crops, at the lowest, a middle and the highest bandwidth: mel distance,
+        PESQ-wb and STOI (means over crops), per-stage usage in eval mode; and the latent's RMS and, for NDVQ,
+        the codes' mean sigma against the frames' spread around their code (per stage, at the top bandwidth)."""
         self.codec.eval()
         bandwidths = self.codec.bandwidths
+        rate = self.codec.sample_rate
         results = {}
         for bandwidth in sorted({bandwidths[0], bandwidths[len(bandwidths) // 2], bandwidths[-1]}):
-            decoded = self.codec(self.valid_batch, self.codec.stages(bandwidth)).wav
+            output = self.codec(self.valid_batch, self.codec.stages(bandwidth))
+            decoded = output.wav
             results[f"valid/mel_distance_{bandwidth:g}kbps"] = self.mel_loss.distance(decoded, self.valid_batch)
+            items = [
+                score(r[0].cpu().numpy(), d[0].cpu().numpy(), rate, ("pesq_wb", "stoi")).values
+                for r, d in zip(self.valid_batch, decoded, strict=True)
+            ]
+            for metric in ("pesq_wb", "stoi"):
+                values = [item[metric] for item in items if metric in item]
+                if values:
+                    results[f"valid/{metric}_{bandwidth:g}kbps"] = sum(values) / len(values)
             if bandwidth == bandwidths[len(bandwidths) // 2]:
-                self.logger.examples(self.step, self.valid_batch[:2], decoded[:2], self.codec.sample_rate, bandwidth)
+                self.logger.examples(self.step, self.valid_batch[:2], decoded[:2], rate, bandwidth)
+        entropies, _ = codebook_usage(code_counts(output.codes, self.codec.codebook_size))
+        results.update({f"valid/usage_bits_stage{i + 1}": bits for i, bits in enumerate(entropies)})
+        latent, _ = self.codec.latent(self.valid_batch)
+        results["valid/latent_rms"] = latent.pow(2).mean().sqrt().item()
+        results.update(spread_statistics(self.codec.quantizer, latent, output.codes))
         self.codec.train()
         self.logger.scalars(self.step, results)
         return results
+
+    def cpu_seconds(self) -> float:
+        """CPU time spent on this run so far by this process (main thread and its intra-op threads)."""
+        return self.cpu_seconds_before + time.process_time()
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _rng_states(self) -> list[dict[str, torch.Tensor]]:
@@ -293,6 +344,7 @@ class Trainer:
             "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
             "balancer": self.balancer.state_dict() if self.balancer else None,
             "rng": rng,
+            "cpu_seconds": self.cpu_seconds(),
         }
         save_checkpoint(self.run_dir, self.step, state, self.config.keep_checkpoints)
 
@@ -315,6 +367,7 @@ class Trainer:
         if self.balancer is not None:
             self.balancer.load_state_dict(state["balancer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.cpu_seconds_before = state.get("cpu_seconds", 0.0) - time.process_time()
         rng = state["rng"][self.rank]
         torch.set_rng_state(rng["cpu"])
         if self.device.type == "cuda":
