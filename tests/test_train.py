@@ -84,6 +84,18 @@ def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys) ->
         main(["roundtrip", str(source), str(tmp_path / "out.wav"), "--model", str(tmp_path / "model"), "-b", "8"]) == 0
     )
     assert "untrained" not in capsys.readouterr().err
+    # A fresh run warm-starts from the export: same weights at step 0, codebooks not re-initialised.
+    warm = Trainer(tiny_config(corpus, f"init_from={tmp_path / 'model'}"), tmp_path / "warm")
+    assert warm.step == 0 and all(
+        torch.equal(a, b) for a, b in zip(weights_of(warm.codec), weights_of(model), strict=True)
+    )
+    assert warm.codec.quantizer.initialised
+    with pytest.raises(NdvqError, match="architecture differs"):
+        Trainer(tiny_config(corpus, f"init_from={tmp_path / 'model'}", "codec={n_filters: 8}"), tmp_path / "other")
+
+
+def weights_of(codec: Codec) -> list[torch.Tensor]:
+    return [t for _, t in sorted(codec.state_dict().items())]
 
 
 def test_resume_continues_exactly(tmp_path, corpus) -> None:

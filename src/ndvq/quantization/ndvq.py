@@ -4,10 +4,12 @@ A frame goes to the most likely Gaussian; in training the stage outputs a sample
 (reparameterised), at inference its mean. Two ways to learn the Gaussians:
 
 - "ema" (default): online hard EM. Each code keeps exponential moving averages of the count, sum and
-  sum of squares of the frames assigned to it; its mean and variance are the maximum-likelihood
-  estimates from those, the variance shrunk toward the pooled within-cluster variance and floored at a
-  fraction of it. Nothing depends on the latent's absolute scale, codes nobody uses are re-seeded on
-  live frames, and under torch.distributed the statistics are summed over ranks.
+  sum of squares of the frames assigned to it; its mean is the maximum-likelihood estimate from those,
+  its variance that estimate shrunk toward the within-cluster variance pooled over the stage's codes
+  (by default entirely: PRIOR_FRAMES), each dimension floored at the pooled variance's mean over
+  dimensions. Nothing depends on the latent's absolute scale, codes seen fewer than twice per step on
+  average are re-seeded on live frames (as in the RVQ baseline), and under torch.distributed the
+  statistics are summed over ranks.
 - "gradient": the paper's recipe, means and log-variances as one trainable parameter [K, 2D] learned
   from the "paper" or "nll" loss.
 """
@@ -31,11 +33,13 @@ from ndvq.quantization.residual import ResidualQuantizer
 
 ESTIMATORS = ("ema", "gradient")
 LOSSES = ("paper", "nll")
-# Weight, in (EMA) frames, of the pooled variance in each code's variance estimate. Infinite: every code of
-# a stage shares the pooled variance; finite priors let a wide code capture every frame in our CPU runs
-# (docs/ndvq-that-learns.md).
+# Weight, in (EMA) frames, of the pooled variance in each code's variance estimate. Infinite: the codes of a
+# stage share the pooled variance. With a finite prior (2 frames) a wide code captured every frame within
+# 50 steps in our CPU runs (docs/ndvq-that-learns.md).
 PRIOR_FRAMES = math.inf
-VARIANCE_FLOOR_RATIO = 1.0  # no variance goes below this fraction of the pooled variance's mean over dimensions
+# No variance goes below this fraction of the pooled variance's mean over dimensions: a dimension in which
+# the latent hardly varies would otherwise get a precision that lets its drift decide every assignment.
+VARIANCE_FLOOR_RATIO = 1.0
 
 
 class NormalCodebook(nn.Module):
@@ -144,8 +148,6 @@ class NormalCodebook(nn.Module):
         pooled = self._pooled_variance()
         own = counts / (counts + PRIOR_FRAMES)  # the weight of the code's own estimate
         variance = own * variance + (1 - own) * pooled
-        # The floor is the same in every dimension: a dimension in which the latent hardly varies must not
-        # get a precision that lets its slightest drift decide every assignment.
         variance = variance.clamp(min=VARIANCE_FLOOR_RATIO * pooled.mean().item())
         self.codebook.copy_(torch.cat([mean, variance.log()], dim=1))
 

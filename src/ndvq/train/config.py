@@ -58,6 +58,7 @@ class TrainConfig:
     model: str = "speech-16k"  # preset the codec starts from
     quantizer: str = "ndvq"  # "ndvq" or "rvq": the one switch of an A/B run
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
+    init_from: str = ""  # a model directory (`ndvq export`) of the same architecture to start from
     steps: int = 500_000
     seed: int = 0
     bandwidths: tuple[float, ...] = ()  # drawn per step; empty: the codec's bandwidths

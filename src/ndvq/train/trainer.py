@@ -72,7 +72,10 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         codec_config = config.codec_config()
-        self.codec = Codec(codec_config).to(self.device).train()
+        self.codec = Codec(codec_config)
+        if config.init_from and not resume:
+            self._warm_start(config.init_from)
+        self.codec.to(self.device).train()
         self.discriminator = MultiScaleSTFTDiscriminator(config.discriminator.scales, config.discriminator.filters)
         self.discriminator.to(self.device).train()
         self.model = self.codec
@@ -111,6 +114,14 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
+
+    def _warm_start(self, model_dir: str) -> None:
+        """Start from an exported model's weights (codebooks included, so no k-means initialisation)."""
+        source = Codec.load(model_dir)
+        if source.config != self.codec.config:
+            raise NdvqError(f"init_from {model_dir}: its architecture differs from this run's codec")
+        self.codec.load_state_dict(source.state_dict())
+        log.info("starting from the weights of %s", model_dir)
 
     def _validation_batch(self) -> torch.Tensor:
         data = self.config.data
