@@ -7,9 +7,8 @@ A frame goes to the most likely Gaussian; in training the stage outputs a sample
   sum of squares of the frames assigned to it; its mean is the maximum-likelihood estimate from those,
   its variance that estimate shrunk toward the within-cluster variance pooled over the stage's codes
   (by default entirely: PRIOR_FRAMES), each dimension floored at the pooled variance's mean over
-  dimensions. Nothing depends on the latent's absolute scale, codes seen fewer than twice per step on
-  average are re-seeded on live frames (as in the RVQ baseline), and under torch.distributed the
-  statistics are summed over ranks.
+  dimensions. Nothing depends on the latent's absolute scale, codes left unused for about 1,000 steps
+  are re-seeded on live frames, and under torch.distributed the statistics are summed over ranks.
 - "gradient": the paper's recipe, means and log-variances as one trainable parameter [K, 2D] learned
   from the "paper" or "nll" loss.
 """
@@ -56,7 +55,7 @@ class NormalCodebook(nn.Module):
         estimator: str = "ema",
         loss: str = "paper",
         decay: float = 0.99,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: float = 1e-4,
         variance_floor: float = 1e-4,
         kmeans_iterations: int = 50,
     ) -> None:
@@ -158,8 +157,9 @@ class NormalCodebook(nn.Module):
             (self.counts, self.sums, self.squares), cluster_statistics(x, codes, self.size), strict=True
         ):
             buffer.lerp_(all_reduce_sum_(value), 1 - self.decay)
-        # Dead codes, as in the RVQ baseline (EnCodec): fewer than `dead_code_threshold` frames per step on
-        # average, re-seeded on live frames (rank 0's, so that every rank agrees).
+        # Dead codes: used fewer than `dead_code_threshold` frames per step on (EMA) average, re-seeded on live
+        # frames (rank 0's, so that every rank agrees). The default 1e-4 re-seeds a code after roughly 1,000
+        # steps without use; it is what the runs in docs/ndvq-that-learns.md used (EnCodec's 2 is untested).
         dead = self.counts < self.dead_code_threshold
         if dead.any():
             self._reseed(dead, broadcast_(sample_vectors(x.float(), self.size)))
@@ -218,7 +218,14 @@ class ResidualNDVQ(ResidualQuantizer):
     ) -> None:
         codebook_dim = codebook_dim or dim
         codebooks = [
-            NormalCodebook(codebook_size, codebook_dim, estimator, loss, 0.99, variance_floor, kmeans_iterations)
+            NormalCodebook(
+                codebook_size,
+                codebook_dim,
+                estimator=estimator,
+                loss=loss,
+                variance_floor=variance_floor,
+                kmeans_iterations=kmeans_iterations,
+            )
             for _ in range(num_codebooks)
         ]
         super().__init__(codebooks, dim, codebook_dim, residual)
