@@ -1,5 +1,6 @@
 """Training: learning, distributed consistency, exact resume, failure handling, export."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,33 @@ def test_run_dir_and_resume_are_checked(tmp_path, corpus) -> None:
         Trainer(tiny_config(corpus), tmp_path / "run")
     with pytest.raises(NdvqError, match="config differs from the run's in quantizer"):
         Trainer(tiny_config(corpus, "quantizer=rvq"), tmp_path / "run", resume=True)
+
+
+def test_cpu_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "cpu_hours=1e-9", "log_every=2", "steps=8"), tmp_path / "run")
+    trainer.fit()
+    assert trainer.step == 2
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000002"
+    resumed = Trainer(tiny_config(corpus, "cpu_hours=0", "log_every=2", "steps=8"), tmp_path / "run", resume=True)
+    resumed.fit()
+    assert resumed.step == 8
+
+
+def test_resume_of_a_checkpoint_older_than_a_config_field(tmp_path, corpus) -> None:
+    """A checkpoint written before a field existed resumes when the field keeps its default."""
+    Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()
+    state = tmp_path / "run" / "checkpoints" / "step-00000004" / "state.json"
+    skeleton = json.loads(state.read_text())
+    config = dict(skeleton["__dict__"])["config"]
+    config["__dict__"] = [item for item in config["__dict__"] if item[0] != "init_from"]
+    state.write_text(json.dumps(skeleton))
+    assert Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run", resume=True).step == 4
+    with pytest.raises(NdvqError, match="config differs from the run's in init_from"):
+        Trainer(tiny_config(corpus, "steps=4", f"init_from={corpus}"), tmp_path / "run", resume=True)
+    # A checkpoint whose two files disagree is refused with its path, not a KeyError.
+    state.write_text(state.read_text().replace('"state.generator.', '"state.missing.', 1))
+    with pytest.raises(NdvqError, match="step-00000004: state.json and state.safetensors do not match"):
+        Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run", resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus, monkeypatch) -> None:

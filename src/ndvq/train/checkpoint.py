@@ -80,4 +80,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         skeleton = json.loads((path / "state.json").read_text())
     except (OSError, SafetensorError, json.JSONDecodeError) as error:
         raise NdvqError(f"{path}: cannot read checkpoint ({error})") from None
-    return unflatten_state(skeleton, tensors)
+    try:
+        return unflatten_state(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        raise NdvqError(f"{path}: state.json and state.safetensors do not match ({error!r})") from None

@@ -60,6 +60,7 @@ class TrainConfig:
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
     init_from: str = ""  # a model directory (`ndvq export`) of the same architecture to start from
     steps: int = 500_000
+    cpu_hours: float = 0.0  # stop (validate and checkpoint) once this process has used this much CPU; 0: no limit
     seed: int = 0
     bandwidths: tuple[float, ...] = ()  # drawn per step; empty: the codec's bandwidths
     precision: str = "fp32"  # or "bf16" (autocast, GPU only)
@@ -85,6 +86,8 @@ class TrainConfig:
             raise NdvqError(f"precision: must be fp32 or bf16, got {self.precision!r}")
         if not self.data.train:
             raise NdvqError("data.train: no training data given (a folder of audio files or a manifest)")
+        if self.cpu_hours < 0:
+            raise NdvqError("cpu_hours: must be 0 (no limit) or positive")
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise NdvqError(f"{name}: must be at least 1")

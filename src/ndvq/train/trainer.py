@@ -38,7 +38,7 @@ from ndvq.train.losses import (
 log = logging.getLogger("ndvq")
 CHECKPOINT_VERSION = 1
 INIT_FRAMES_PER_CODE = 10  # latent frames gathered for the k-means initialisation, per code
-RESUMABLE_CHANGES = {"steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"}
+RESUMABLE_CHANGES = {"steps", "cpu_hours", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"}
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
@@ -249,7 +249,7 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def fit(self) -> Codec:
-        """Train until `config.steps`; returns the (unwrapped) codec."""
+        """Train until `config.steps` (or `config.cpu_hours`); returns the (unwrapped) codec."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
         batches = self._batches()
@@ -269,12 +269,27 @@ class Trainer:
                     self.logger.flush(self.step)
                 if self.valid_batch is not None and self.step % config.valid_every == 0:
                     self.validate()
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                out_of_budget = self.step % config.log_every == 0 and self._cpu_budget_spent()
+                if out_of_budget and self.valid_batch is not None and self.step % config.valid_every != 0:
+                    self.validate()
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps or out_of_budget:
                     self.save()
+                if out_of_budget:
+                    log.info("stopping at step %d: %.2f CPU hours spent", self.step, self.cpu_seconds() / 3600)
+                    break
         finally:
             bar.close()
             self.logger.close()
         return self.codec
+
+    def _cpu_budget_spent(self) -> bool:
+        """Whether rank 0 has used config.cpu_hours (all ranks agree)."""
+        if not self.config.cpu_hours:
+            return False
+        spent = torch.tensor(float(self.cpu_seconds() >= self.config.cpu_hours * 3600), device=self.device)
+        if self.world > 1:
+            dist.broadcast(spent, 0)
+        return bool(spent.item())
 
     @torch.no_grad()
     def initialise_codebooks(self, batches: Iterator[torch.Tensor]) -> None:
@@ -364,7 +379,8 @@ class Trainer:
         state = load_checkpoint(path)
         if state.get("version") != CHECKPOINT_VERSION:
             raise NdvqError(f"{path}: unsupported checkpoint version {state.get('version')}")
-        saved, current = dict(state["config"]), self.config.to_dict()
+        # A field added to TrainConfig after the checkpoint was written counts as its default there.
+        saved, current = {**TrainConfig().to_dict(), **state["config"]}, self.config.to_dict()
         changed = sorted(k for k in set(saved) | set(current) if json.dumps(saved.get(k)) != json.dumps(current.get(k)))
         changed = [k for k in changed if k not in RESUMABLE_CHANGES]
         if changed:
