@@ -12,6 +12,7 @@ EXPECTED = {
     "paper-24k": {1.0: 1, 1.5: 2, 3.0: 4, 4.5: 6, 6.0: 8, 9.0: 12, 12.0: 16, 16.0: 21, 24.0: 32},
     "speech-16k": {1.0: 2, 1.5: 3, 3.0: 6, 4.5: 9, 6.0: 12, 9.0: 18, 12.0: 24, 16.0: 32, 24.0: 48},
     "speech-16k-small": {1.0: 2, 1.5: 3, 3.0: 6, 6.0: 12, 12.0: 24},
+    "speech-16k-small-causal": {1.0: 2, 1.5: 3, 3.0: 6, 6.0: 12, 12.0: 24},
     "tiny": {2.0: 1, 4.0: 2, 8.0: 4},
 }
 
@@ -19,7 +20,7 @@ EXPECTED = {
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_bandwidth_of_every_preset(name: str) -> None:
     codec = Codec.from_preset(name)
-    per_stage = {"paper-24k": 0.75, "speech-16k": 0.5, "speech-16k-small": 0.5, "tiny": 2.0}[name]
+    per_stage = 0.75 if name == "paper-24k" else 2.0 if name == "tiny" else 0.5
     assert set(codec.bandwidths) == set(EXPECTED[name])
     wav = 0.1 * torch.randn(1, 1, codec.hop_length * 3 - 5)
     for bandwidth, stages in EXPECTED[name].items():

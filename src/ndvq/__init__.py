@@ -5,6 +5,7 @@ from ndvq.compress import compress, compress_file, decompress, decompress_file
 from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
+from ndvq.stream import StreamingDecoder, StreamingEncoder
 
 __all__ = [
     "Codec",
@@ -12,6 +13,8 @@ __all__ = [
     "NdvqError",
     "ResidualNDVQ",
     "ResidualVQ",
+    "StreamingDecoder",
+    "StreamingEncoder",
     "compress",
     "compress_file",
     "decompress",

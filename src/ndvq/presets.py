@@ -18,6 +18,16 @@ PRESETS: dict[str, CodecConfig] = {
         num_codebooks=24,
         bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
     ),
+    # speech-16k-small that never looks ahead (left padding only): it streams frame by frame (ndvq.stream).
+    "speech-16k-small-causal": CodecConfig(
+        sample_rate=16000,
+        n_filters=16,
+        lstm_layers=1,
+        dimension=64,
+        num_codebooks=24,
+        bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
+        causal=True,
+    ),
     # A model small enough for tests: 250 Hz frames, 256 codes (2 kbps per stage), 4 stages.
     "tiny": CodecConfig(
         sample_rate=16000,
