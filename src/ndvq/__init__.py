@@ -1,5 +1,6 @@
 """NDVQ: a neural speech codec with normal-distribution vector quantization."""
 
+from ndvq import tokens
 from ndvq.codec import Codec
 from ndvq.compress import compress, compress_file, decompress, decompress_file
 from ndvq.config import CodecConfig
@@ -19,5 +20,6 @@ __all__ = [
     "compress_file",
     "decompress",
     "decompress_file",
+    "tokens",
 ]
 __version__ = "0.1.0"

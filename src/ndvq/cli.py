@@ -12,8 +12,9 @@ import threading
 import time
 
 import torch
+import torch.distributed as dist
 
-from ndvq import bitstream
+from ndvq import bitstream, tokens
 from ndvq.audio import AUDIO_SUFFIXES, check_output, read_bytes, subtype_like
 from ndvq.codec import Codec
 from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
@@ -187,6 +188,20 @@ def _parser() -> argparse.ArgumentParser:
     add("roundtrip", "Compress and decompress in one go, to hear the codec.")
     add("info", "Describe a .ndvq file.", bandwidth=False, model=False)
 
+    tokenize = commands.add_parser("tokenize", help="Tokenize a corpus into code shards.", description=_TOKENIZE_HELP)
+    tokenize.add_argument("source", type=Path, help="folder of audio files (recursively) or a manifest (.tsv)")
+    tokenize.add_argument("out_dir", type=Path, help="output directory of shards (a re-run resumes)")
+    tokenize.add_argument("-b", "--bandwidth", type=float, required=True, help="bitrate in kbps, one of the model's")
+    tokenize.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})")
+    tokenize.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=tokens.DEFAULT_BATCH_SECONDS,
+        help=f"seconds of audio per shard: a shard is written once its files reach this many "
+        f"(default {tokens.DEFAULT_BATCH_SECONDS:g}); "
+        "files are still encoded one at a time, so codes do not depend on it",
+    )
+    tokenize.add_argument("--workers", type=int, default=1, help="worker processes, sharing the threads (default 1)")
     train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
     train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k.yaml")
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
@@ -218,6 +233,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TOKENIZE_HELP = (
+    "Code every audio file of a folder or manifest at one bitrate into numpy shards (shard-NNNNN.npy and .json, "
+    "then index.json); the codes are those `ndvq compress` stores. Read them with ndvq.tokens.load(OUT_DIR). "
+    "Files that cannot be coded are listed as failures; a re-run skips finished shards. Under torchrun, "
+    "the shards are split between the ranks."
+)
 _REPORT_HELP = (
     "Write one self-contained HTML page (report.html) from an `ndvq eval` results directory: the summary, "
     "usage and robustness tables and plots, and per bitrate a few examples to listen to, with spectrograms."
@@ -262,6 +283,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = compare.evaluate(specs, files, args.out, metrics, args.workers)
     print(compare.write_results(args.out, rows, metrics))
     print(f"results: {args.out}/summary.md, summary.csv, summary.json, per_utterance.csv")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace, progress: bool) -> int:
+    """ndvq tokenize; under torchrun (WORLD_SIZE > 1) one rank of a gloo group, the codec on the CPU."""
+    if not args.source.exists():
+        raise NdvqError(f"{args.source}: no such file or directory")
+    if args.workers < 1:
+        raise NdvqError(f"--workers must be at least 1, got {args.workers}")
+    codec = _load_model(args.model)
+    codec.stages(args.bandwidth)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    try:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        summary = tokens.tokenize(
+            args.model if args.workers > 1 else codec,
+            args.source,
+            args.out_dir,
+            args.bandwidth,
+            batch_seconds=args.batch_seconds,
+            workers=args.workers,
+            rank=rank,
+            world=world,
+            progress=progress and rank == 0,
+        )
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if rank == 0:
+        for path, reason in summary.failures:
+            log.warning("failed %s: %s", path, reason)
+        print(summary, flush=True)
     return 0
 
 
@@ -312,6 +367,8 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
 
         print(write_report(args.results, args.out))
         return 0
+    if args.command == "tokenize":
+        return _tokenize(args, progress)
     if args.command == "data":
         from ndvq.train.corpus import run_data_command
 
