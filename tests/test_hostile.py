@@ -21,6 +21,7 @@ import torch
 
 from ndvq import Codec, NdvqError, bitstream, compress, decompress
 from ndvq.cli import main
+from ndvq.entropy import EntropyModel
 
 compress_module = importlib.import_module("ndvq.compress")  # `ndvq.compress` is also the function
 
@@ -133,11 +134,17 @@ def test_too_short_and_out_of_range_audio_is_refused_when_encoding(tiny: Codec) 
 
 
 def _bases(tiny: Codec) -> list[bytes]:
+    """Bit-packed files (format version 1) and entropy-coded ones (version 2; tiny has entropy tables)."""
     rng = np.random.default_rng(0)
-    mono = compress(tiny, 0.1 * rng.standard_normal((1, 300)).astype(np.float32), 16000, 8.0)
-    stereo = compress(tiny, 0.1 * rng.standard_normal((2, 900)).astype(np.float32), 44100, 2.0)
+    mono, stereo = (0.1 * rng.standard_normal((c, n)).astype(np.float32) for c, n in ((1, 300), (2, 900)))
     ten_bits = bitstream.Header(tiny.identity(), 16000, 64, 10, 3, 7.5, 22050, 3, 441, 5, (0.1, 0.2, 0.3))
-    return [mono, stereo, bitstream.write(ten_bits, rng.integers(0, 1024, (3, 3, 5)))]
+    return [
+        compress(tiny, mono, 16000, 8.0),
+        compress(tiny, stereo, 44100, 2.0),
+        bitstream.write(ten_bits, rng.integers(0, 1024, (3, 3, 5))),
+        compress(tiny, mono, 16000, 8.0, entropy=True),
+        compress(tiny, stereo, 44100, 2.0, entropy=True),
+    ]
 
 
 def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
@@ -171,18 +178,22 @@ def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(data)
 
 
-def test_fuzz_every_mutation_is_decoded_correctly_or_refused(tiny: Codec, monkeypatch) -> None:
-    """20,000 seeded mutations of three files, half with the checksum recomputed. An accepted file must be
-    exactly what `write` makes of the header and codes read from it, and must decode to audio of the shape
-    and rate its header gives; nothing else than NdvqError may be raised, and the memory numpy allocates
-    (where a header's length of 2**40 asked for 4 TiB) stays under a megabyte."""
-    identity = tiny.identity()
-    monkeypatch.setattr(tiny, "identity", lambda: identity)  # the weights do not change: hash them once
+def test_fuzz_every_mutation_is_decoded_correctly_or_refused(monkeypatch) -> None:
+    """20,000 seeded mutations of five files (two entropy-coded), half with the checksum recomputed. An
+    accepted bit-packed file must be exactly what `write` makes of the header and codes read from it; every
+    accepted file must decode to audio of the shape and rate its header gives; nothing else than NdvqError
+    may be raised, and the memory numpy allocates (where a header's length of 2**40 asked for 4 TiB, or a
+    tiny entropy-coded payload claimed millions of codes) stays under a megabyte."""
+    tiny = Codec.from_preset("tiny")
+    codes = [np.random.default_rng(i).integers(0, 256, (1, 4, 50)) for i in range(3)]
+    tiny.set_entropy(EntropyModel.fit(codes, tiny.num_codebooks, tiny.codebook_size))
+    identities = {flag: tiny.identity(flag) for flag in (False, True)}
+    monkeypatch.setattr(tiny, "identity", lambda entropy=False: identities[entropy])  # hash the weights once
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny decodes gain nothing from threads
     rng = np.random.default_rng(20240)
     bases = _bases(tiny)
-    outcomes = {"refused": 0, "accepted": 0, "decoded": 0}
+    outcomes = {"refused": 0, "accepted": 0, "decoded": 0, "entropy-coded": 0}
     decoded_headers: set[bitstream.Header] = set()
     tracemalloc.start()
     try:
@@ -191,13 +202,21 @@ def test_fuzz_every_mutation_is_decoded_correctly_or_refused(tiny: Codec, monkey
             if len(data) >= 4 and rng.random() < 0.5:
                 data = with_crc(data)
             try:
-                header, codes = bitstream.read(data, "fuzz.ndvq")
+                header, codes = bitstream.read(data, "fuzz.ndvq", tiny.entropy)
             except NdvqError as error:
                 assert str(error).startswith("fuzz.ndvq: ")
                 outcomes["refused"] += 1
                 continue
             outcomes["accepted"] += 1
-            assert bitstream.write(header, codes) == data
+            assert codes.shape == (header.channels, header.stages, header.frames)
+            assert codes.min() >= 0 and codes.max() < 1 << header.bits
+            if header.entropy_coded:  # a range coder's words are not canonical: other words, same codes
+                outcomes["entropy-coded"] += 1
+                assert bitstream.read(bitstream.write(header, codes, tiny.entropy), "", tiny.entropy)[1].tolist() == (
+                    codes.tolist()
+                )
+            else:
+                assert bitstream.write(header, codes) == data
             if header in decoded_headers and len(decoded_headers) >= 300:
                 continue  # codes alone differ: a few hundred such decodes say all there is to say
             decoded_headers.add(header)
@@ -214,7 +233,7 @@ def test_fuzz_every_mutation_is_decoded_correctly_or_refused(tiny: Codec, monkey
         tracemalloc.stop()
         torch.set_num_threads(threads)
     assert peak < 1 << 20, peak
-    assert outcomes["refused"] > 10_000 and outcomes["decoded"] >= 300, outcomes
+    assert outcomes["refused"] > 10_000 and outcomes["decoded"] >= 300 and outcomes["entropy-coded"] > 100, outcomes
 
 
 # --- signals ----------------------------------------------------------------------------------------------

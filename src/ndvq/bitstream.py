@@ -22,6 +22,18 @@ Layout (little-endian), format version 1:
 P = ceil(C * n_q * frames * bits / 8), so the file is exactly `header_size(C) + P` bytes: 42 bytes of
 fields, 4 per channel of scales, 4 of checksum, the codes.
 
+Format version 2 (written only for an entropy-coded payload; version 1 files are unchanged and still read):
+the same fields with version 2, then after the scales
+
+    42+4C   1     flags: 1 = the codes are entropy-coded (ndvq.entropy, with the model's tables);
+                  no other value is defined
+    ...     P     the range coder's 32-bit words (little-endian), P a multiple of 4
+    end-4   4     CRC-32 of everything before it
+
+The payload's size is not implied by the header, so a reader bounds the codes it will decode by it:
+at most entropy.MAX_SYMBOLS_PER_BYTE codes per payload byte (plus a small allowance), which every file
+the coder writes satisfies (each symbol costs at least log2(64/63) bits there).
+
 Readers check every field (`check`) before anything is allocated: a valid CRC only says the file was not
 damaged after it was written, not that its writer was sound. Beyond the checksum, the fields must be
 within bounds and agree with each other and with the file's size; the unused bits after the last code
@@ -36,10 +48,14 @@ import zlib
 import numpy as np
 
 from ndvq.config import stages_for_bandwidth
+from ndvq.entropy import MAX_SYMBOLS_PER_BYTE, EntropyModel
 from ndvq.errors import NdvqError
 
 MAGIC = b"NDVQ"
-VERSION = 1
+VERSION = 1  # bit-packed codes
+ENTROPY_VERSION = 2  # entropy-coded codes (flags byte 1)
+ENTROPY_CODED = 1
+SYMBOL_ALLOWANCE = 4096  # codes an entropy-coded payload may hold beyond MAX_SYMBOLS_PER_BYTE per byte
 _FIELDS = struct.Struct("<4sB8sIHBBfIBQI")
 _CRC = struct.Struct("<I")
 _SLICE = 1 << 14  # codes (un)packed at a time, so the bit planes stay small; a multiple of 8: whole bytes
@@ -61,6 +77,11 @@ class Header:
     length: int
     frames: int
     scales: tuple[float, ...]
+    entropy_coded: bool = False  # format version 2
+
+    @property
+    def version(self) -> int:
+        return ENTROPY_VERSION if self.entropy_coded else VERSION
 
     @property
     def duration(self) -> float:
@@ -73,9 +94,9 @@ class Header:
         return self.model_sample_rate / self.hop_length * self.stages * self.bits / 1000
 
 
-def header_size(channels: int) -> int:
-    """Bytes of everything but the codes: header fields, scales and checksum."""
-    return _FIELDS.size + 4 * channels + _CRC.size
+def header_size(channels: int, entropy_coded: bool = False) -> int:
+    """Bytes of everything but the codes: header fields, scales, flags (version 2) and checksum."""
+    return _FIELDS.size + 4 * channels + int(entropy_coded) + _CRC.size
 
 
 def payload_size(channels: int, stages: int, frames: int, bits: int) -> int:
@@ -154,15 +175,18 @@ def _frames(length: int, sample_rate: int, model_rate: int, hop: int) -> range:
     return range(-(-lo // hop), -(-hi // hop) + 1)
 
 
-def write(header: Header, codes: np.ndarray) -> bytes:
-    """Serialise codes [C, n_q, frames] with their header (which must pass `check`)."""
+def write(header: Header, codes: np.ndarray, entropy: EntropyModel | None = None) -> bytes:
+    """Serialise codes [C, n_q, frames] with their header (which must pass `check`); entropy-coded with
+    `entropy` (format version 2) when the header says so."""
     check(header)
+    if header.entropy_coded and entropy is None:
+        raise ValueError("an entropy-coded header needs the model's entropy tables")
     expected = (header.channels, header.stages, header.frames)
     if codes.shape != expected:
         raise ValueError(f"codes of shape {codes.shape} do not match the header {expected}")
     fields = _FIELDS.pack(
         MAGIC,
-        VERSION,
+        header.version,
         header.model_id,
         header.model_sample_rate,
         header.hop_length,
@@ -174,7 +198,11 @@ def write(header: Header, codes: np.ndarray) -> bytes:
         header.length,
         header.frames,
     )
-    body = fields + struct.pack(f"<{header.channels}f", *header.scales) + pack_codes(codes, header.bits)
+    scales = struct.pack(f"<{header.channels}f", *header.scales)
+    if header.entropy_coded:
+        body = fields + scales + bytes([ENTROPY_CODED]) + entropy.encode(codes)
+    else:
+        body = fields + scales + pack_codes(codes, header.bits)
     return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -186,9 +214,14 @@ def read_header(data: bytes, name: str = "input") -> Header:
     if len(data) < _FIELDS.size + _CRC.size or data[:4] != MAGIC:
         raise NdvqError(f"{name}: not an .ndvq file")
     (_, version, *values) = _FIELDS.unpack_from(data)
-    if version != VERSION:
-        raise NdvqError(f"{name}: unsupported .ndvq format version {version} (this version of ndvq reads {VERSION})")
-    fields = Header(*values, scales=())
+    if version not in (VERSION, ENTROPY_VERSION):
+        raise NdvqError(
+            f"{name}: unsupported .ndvq format version {version} (this version of ndvq reads {VERSION} and "
+            f"{ENTROPY_VERSION})"
+        )
+    fields = Header(*values, scales=(), entropy_coded=version == ENTROPY_VERSION)
+    if fields.entropy_coded:
+        return _read_entropy_header(data, name, values, fields)
     expected = header_size(fields.channels) + payload_size(fields.channels, fields.stages, fields.frames, fields.bits)
     (checksum,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if checksum != zlib.crc32(memoryview(data)[: -_CRC.size]):
@@ -208,9 +241,41 @@ def read_header(data: bytes, name: str = "input") -> Header:
     return header
 
 
-def read(data: bytes, name: str = "input") -> tuple[Header, np.ndarray]:
-    """Parse and verify a bitstream (see read_header): (header, codes [C, n_q, frames])."""
-    header = read_header(data, name)
+def _read_entropy_header(data: bytes, name: str, values: list, fields: Header) -> Header:
+    """read_header for format version 2: checksum, flags, payload size and the bound on its codes."""
+    flags_at = _FIELDS.size + 4 * fields.channels
+    if len(data) < flags_at + 1 + _CRC.size:
+        raise NdvqError(f"{name}: truncated .ndvq file ({len(data)} bytes)")
+    (checksum,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if checksum != zlib.crc32(memoryview(data)[: -_CRC.size]):
+        raise NdvqError(f"{name}: truncated or corrupted .ndvq file (checksum mismatch)")
+    if data[flags_at] != ENTROPY_CODED:
+        raise NdvqError(f"{name}: unknown .ndvq flags {data[flags_at]} (version 2 defines 1, entropy-coded)")
+    header = Header(*values, scales=struct.unpack_from(f"<{fields.channels}f", data, _FIELDS.size), entropy_coded=True)
+    try:
+        check(header)
+    except ValueError as error:
+        raise NdvqError(f"{name}: impossible .ndvq header ({error})") from None
+    payload = len(data) - header_size(header.channels, True)
+    if payload % 4:
+        raise NdvqError(f"{name}: inconsistent .ndvq file (entropy-coded payload of {payload} bytes, not 32-bit words)")
     count = header.channels * header.stages * header.frames
-    payload = memoryview(data)[_FIELDS.size + 4 * header.channels : -_CRC.size]
-    return header, unpack_codes(payload, count, header.bits).reshape(header.channels, header.stages, header.frames)
+    if count > MAX_SYMBOLS_PER_BYTE * payload + SYMBOL_ALLOWANCE:
+        raise NdvqError(f"{name}: inconsistent .ndvq file ({count} codes cannot come from {payload} bytes)")
+    return header
+
+
+def read(data: bytes, name: str = "input", entropy: EntropyModel | None = None) -> tuple[Header, np.ndarray]:
+    """Parse and verify a bitstream (see read_header): (header, codes [C, n_q, frames]). An entropy-coded
+    one (format version 2) needs the tables of the model that wrote it, `entropy`."""
+    header = read_header(data, name)
+    shape = (header.channels, header.stages, header.frames)
+    payload = memoryview(data)[header_size(header.channels, header.entropy_coded) - _CRC.size : -_CRC.size]
+    if not header.entropy_coded:
+        return header, unpack_codes(payload, math.prod(shape), header.bits).reshape(shape)
+    if entropy is None or entropy.stages < header.stages or entropy.codebook_size != 1 << header.bits:
+        raise NdvqError(f"{name}: entropy-coded, and the model given has no entropy tables for it")
+    try:
+        return header, entropy.decode(payload, *shape)
+    except ValueError as error:
+        raise NdvqError(f"{name}: corrupted .ndvq file ({error})") from None

@@ -71,7 +71,7 @@ def _load_model(source: str) -> Codec:
 
 def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
     header = bitstream.read_header(data, str(target))
-    fixed = bitstream.header_size(header.channels)
+    fixed = bitstream.header_size(header.channels, header.entropy_coded)
     return (
         f"{source} -> {target}: {header.duration:.2f} s x {header.channels} ch at {header.bandwidth:g} kbps "
         f"({header.stages} stages x {header.bits} bits x {header.model_sample_rate / header.hop_length:g} Hz = "
@@ -81,10 +81,10 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
     )
 
 
-def _compress_one(codec: Codec, bandwidth: float, progress: bool) -> Callable[[Path, Path], str]:
+def _compress_one(codec: Codec, bandwidth: float, progress: bool, entropy: bool) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        data = compress_file(codec, source, target, bandwidth, progress=progress)
+        data = compress_file(codec, source, target, bandwidth, progress=progress, entropy=entropy)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -100,12 +100,14 @@ def _decompress_one(codec: Codec, progress: bool, subtype: str | None) -> Callab
     return run
 
 
-def _roundtrip_one(codec: Codec, bandwidth: float, progress: bool, subtype: str | None) -> Callable[[Path, Path], str]:
+def _roundtrip_one(
+    codec: Codec, bandwidth: float, progress: bool, subtype: str | None, entropy: bool
+) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
         chosen = subtype or subtype_like(source, target)
         check_output(target, audio=True, subtype=chosen)
-        data = encode_file(codec, source, bandwidth, progress=progress)
+        data = encode_file(codec, source, bandwidth, progress=progress, entropy=entropy)
         decode_to_file(codec, data, target, str(source), progress=progress, subtype=chosen)
         return _summary(source, target, data, time.perf_counter() - start)
 
@@ -144,9 +146,10 @@ def _run_jobs(jobs: Iterator[tuple[Path, Path]], run: Callable[[Path, Path], str
 def _info(args: argparse.Namespace) -> int:
     data = read_bytes(args.input)
     header = bitstream.read_header(data, str(args.input))
-    fixed = bitstream.header_size(header.channels)
+    fixed = bitstream.header_size(header.channels, header.entropy_coded)
     print(f"file:          {args.input} ({len(data)} bytes: {len(data) - fixed} codes + {fixed} header)")
-    print(f"format:        .ndvq version {bitstream.VERSION}")
+    kind = "entropy-coded" if header.entropy_coded else "bit-packed"
+    print(f"format:        .ndvq version {header.version} ({kind} codes)")
     print(f"model id:      {header.model_id.hex()} ({header.model_sample_rate} Hz, hop {header.hop_length})")
     print(
         f"audio:         {header.channels} ch, {header.sample_rate} Hz, "
@@ -155,7 +158,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"bandwidth:     {header.bandwidth:g} kbps requested, {header.nominal_bitrate:g} kbps nominal")
     print(f"codes:         {header.stages} stages x {header.frames} frames x {header.bits} bits per channel")
     print(f"scales:        {', '.join(f'{s:.6g}' for s in header.scales)}")
-    print(f"actual rate:   {len(data) * 8 / header.duration / 1000:.3f} kbps with header, all channels")
+    codes = (len(data) - fixed) * 8 / header.duration / 1000 / header.channels
+    print(f"actual rate:   {codes:.3f} kbps of codes per channel ({header.nominal_bitrate:g} nominal); ", end="")
+    print(f"{len(data) * 8 / header.duration / 1000:.3f} kbps with header, all channels")
     return 0
 
 
@@ -175,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
         if model:
             command.add_argument(
                 "--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})"
+            )
+        if name in ("compress", "roundtrip"):
+            command.add_argument(
+                "--entropy",
+                action="store_true",
+                help="entropy-code the codes with the model's tables (format version 2; see ndvq fit-entropy)",
             )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
@@ -202,6 +213,11 @@ def _parser() -> argparse.ArgumentParser:
         "files are still encoded one at a time, so codes do not depend on it",
     )
     tokenize.add_argument("--workers", type=int, default=1, help="worker processes, sharing the threads (default 1)")
+    fit = commands.add_parser("fit-entropy", help="Fit a model's entropy tables.", description=_FIT_ENTROPY_HELP)
+    fit.add_argument("model", help="model directory (or preset, with --out)")
+    fit.add_argument("source", type=Path, help="training audio: a folder (recursively) or a manifest (.tsv)")
+    fit.add_argument("--out", type=Path, help="model directory to write (default: MODEL itself)")
+    fit.add_argument("--limit", type=int, help="only the first N files")
     train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
     train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k.yaml")
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
@@ -238,6 +254,12 @@ _TOKENIZE_HELP = (
     "then index.json); the codes are those `ndvq compress` stores. Read them with ndvq.tokens.load(OUT_DIR). "
     "Files that cannot be coded are listed as failures; a re-run skips finished shards. Under torchrun, "
     "the shards are split between the ranks."
+)
+_FIT_ENTROPY_HELP = (
+    "Code the training audio at the model's highest bitrate and fit integer probability tables per stage "
+    "(code frequencies, and how often a code repeats the previous frame's) for `ndvq compress --entropy`. "
+    "The tables are saved with the model (entropy.safetensors, checksummed in config.json); files compressed "
+    "without --entropy stay valid."
 )
 _REPORT_HELP = (
     "Write one self-contained HTML page (report.html) from an `ndvq eval` results directory: the summary, "
@@ -320,6 +342,24 @@ def _tokenize(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _fit_entropy(args: argparse.Namespace, progress: bool) -> int:
+    from ndvq.entropy_fit import fit_entropy
+
+    if not Path(args.model).is_dir() and args.out is None:
+        raise NdvqError(f"{args.model}: not a model directory; give --out to write the model with its tables")
+    if args.limit is not None and args.limit < 1:
+        raise NdvqError(f"--limit must be at least 1, got {args.limit}")
+    codec = Codec.load(args.model)
+    tables, files, failures = fit_entropy(codec, args.source, args.limit, progress)
+    for path, reason in failures:
+        log.warning("skipped %s: %s", path, reason)
+    codec.set_entropy(tables)
+    out = args.out or Path(args.model)
+    codec.save(out)
+    print(f"{out}: entropy tables for {codec.num_codebooks} stages fitted on {files} files; compress with --entropy")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     try:
         from ndvq.train import trainer
@@ -369,6 +409,8 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
         return 0
     if args.command == "tokenize":
         return _tokenize(args, progress)
+    if args.command == "fit-entropy":
+        return _fit_entropy(args, progress)
     if args.command == "data":
         from ndvq.train.corpus import run_data_command
 
@@ -379,13 +421,17 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     if args.command == "compress":
         codec.stages(args.bandwidth)
         jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
-        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress))
+        if args.entropy and codec.entropy is None:
+            raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
+        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress, args.entropy))
     if args.command == "decompress":
         jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
         return _run_jobs(jobs, _decompress_one(codec, progress, args.subtype))
     codec.stages(args.bandwidth)
+    if args.entropy and codec.entropy is None:
+        raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
     jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
-    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype))
+    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype, args.entropy))
 
 
 def entry_point() -> None:

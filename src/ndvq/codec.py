@@ -20,13 +20,14 @@ import torch.nn.functional as F
 
 from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
+from ndvq.entropy import EntropyModel
 from ndvq.errors import NdvqError
 from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
 from ndvq.modules.streaming import streaming
 from ndvq.presets import PRESETS
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, ENTROPY_FILE = "config.json", "model.safetensors", "entropy.safetensors"
 MODEL_FORMAT = "ndvq-model"
 MODEL_FORMAT_VERSION = 2  # 2: config.json holds the SHA-256 of model.safetensors; 1 (without it) still loads
 DEFAULT_CHUNK_SECONDS = 10.0
@@ -96,6 +97,16 @@ class Codec(nn.Module):
         # convolutions' receptive field plus one second for the LSTM to settle.
         hop = config.hop_length
         self.context_frames = math.ceil((receptive_field(self.encoder) + config.sample_rate) / hop)
+        self.entropy: EntropyModel | None = None  # integer tables for entropy-coded bitstreams (`ndvq fit-entropy`)
+
+    def set_entropy(self, entropy: EntropyModel | None) -> None:
+        """Attach (or remove) the entropy tables; they become part of the model's identity."""
+        if entropy is not None and (entropy.stages, entropy.codebook_size) != (self.num_codebooks, self.codebook_size):
+            raise NdvqError(
+                f"entropy tables for {entropy.stages} x {entropy.codebook_size} codes, "
+                f"the model has {self.num_codebooks} x {self.codebook_size}"
+            )
+        self.entropy = entropy
 
     # --- what a user needs to know -------------------------------------------------------------
     @property
@@ -223,12 +234,19 @@ class Codec(nn.Module):
         return frames * unit, context * unit
 
     # --- identity, saving and loading --------------------------------------------------------------
-    def identity(self) -> bytes:
-        """8-byte fingerprint of the config and the weights, written into every bitstream."""
+    def identity(self, entropy: bool = False) -> bytes:
+        """8-byte fingerprint written into every bitstream: of the config and the weights, and with `entropy`
+        (entropy-coded streams) of the entropy tables too, so that fitting tables leaves plain streams valid."""
         digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if entropy:
+            if self.entropy is None:
+                raise NdvqError("this model has no entropy tables (make them with `ndvq fit-entropy`)")
+            for name, table in (("entropy.symbols", self.entropy.symbols), ("entropy.repeat", self.entropy.repeat)):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(table, "<i4").tobytes())
         return digest.digest()[:8]
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -242,9 +260,16 @@ class Codec(nn.Module):
             "config": self.config.to_dict(),
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
         }
-        for name, content in ((WEIGHTS_FILE, weights), (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())):
+        files = [(WEIGHTS_FILE, weights)]
+        if self.entropy is not None:
+            tables = {name: torch.from_numpy(getattr(self.entropy, name)) for name in ("symbols", "repeat")}
+            files.append((ENTROPY_FILE, safetensors.torch.save(tables)))
+            document["entropy_sha256"] = hashlib.sha256(files[-1][1]).hexdigest()
+        for name, content in [*files, (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())]:
             (directory / f".{name}.tmp").write_bytes(content)
             os.replace(directory / f".{name}.tmp", directory / name)
+        if self.entropy is None:
+            (directory / ENTROPY_FILE).unlink(missing_ok=True)
 
     @classmethod
     def from_preset(cls, name: str) -> "Codec":
@@ -280,7 +305,25 @@ class Codec(nn.Module):
         if problems:
             raise NdvqError(f"{path / WEIGHTS_FILE}: weights do not match the config ({len(problems)} tensors differ)")
         codec.load_state_dict(weights)
+        if "entropy_sha256" in document:
+            codec.set_entropy(_read_entropy(path, document["entropy_sha256"]))
         return codec.eval()
+
+
+def _read_entropy(directory: Path, recorded: object) -> EntropyModel:
+    """directory/entropy.safetensors, checked against the SHA-256 that config.json records for it."""
+    path = directory / ENTROPY_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise NdvqError(f"{path}: cannot read entropy tables ({error.strerror or error})") from None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise NdvqError(f"{path}: damaged or replaced entropy tables (their SHA-256 is not the one in {CONFIG_FILE})")
+    try:
+        tables = safetensors.torch.load(data)
+        return EntropyModel(tables["symbols"].numpy(), tables["repeat"].numpy())
+    except (SafetensorError, KeyError, ValueError) as error:
+        raise NdvqError(f"{path}: not valid entropy tables ({error})") from None
 
 
 def _read_weights(directory: Path, document: dict) -> dict[str, torch.Tensor]:

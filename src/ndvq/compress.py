@@ -91,9 +91,19 @@ def _scale_and_length(
 
 
 def _encode(
-    codec: Codec, read: Blocks, sample_rate: int, channels: int, bandwidth: float, progress: bool, name: str
+    codec: Codec,
+    read: Blocks,
+    sample_rate: int,
+    channels: int,
+    bandwidth: float,
+    progress: bool,
+    name: str,
+    entropy: bool = False,
 ) -> bytes:
-    """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes."""
+    """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
+    (entropy-coded with the model's tables when `entropy`)."""
+    if entropy and codec.entropy is None:
+        raise NdvqError("--entropy: this model has no entropy tables (make them with `ndvq fit-entropy`)")
     if channels > bitstream.MAX_CHANNELS:
         raise NdvqError(f"{name}: {channels} channels, at most {bitstream.MAX_CHANNELS} are supported")
     low, high = bitstream.SAMPLE_RATES
@@ -107,7 +117,7 @@ def _encode(
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
     codes = torch.cat(list(codec.encode_blocks(model_blocks, bandwidth, scale)), dim=-1)
     header = bitstream.Header(
-        model_id=codec.identity(),
+        model_id=codec.identity(entropy),
         model_sample_rate=codec.sample_rate,
         hop_length=codec.hop_length,
         bits=codec.config.bits_per_code,
@@ -118,22 +128,28 @@ def _encode(
         length=length,
         frames=codes.shape[-1],
         scales=tuple(scale.reshape(-1).tolist()),
+        entropy_coded=entropy,
     )
-    return bitstream.write(header, codes.numpy())
+    return bitstream.write(header, codes.numpy(), codec.entropy)
 
 
-def compress(codec: Codec, wav: np.ndarray, sample_rate: int, bandwidth: float, progress: bool = False) -> bytes:
-    """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own."""
+def compress(
+    codec: Codec, wav: np.ndarray, sample_rate: int, bandwidth: float, progress: bool = False, entropy: bool = False
+) -> bytes:
+    """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`,
+    the codes are entropy-coded with the model's tables (format version 2)."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
     def read() -> Iterator[np.ndarray]:
         return (wav[:, i : i + step] for i in range(0, wav.shape[1], step))
 
-    return _encode(codec, read, sample_rate, wav.shape[0], bandwidth, progress, "input")
+    return _encode(codec, read, sample_rate, wav.shape[0], bandwidth, progress, "input", entropy)
 
 
-def encode_file(codec: Codec, source: str | os.PathLike, bandwidth: float, progress: bool = False) -> bytes:
+def encode_file(
+    codec: Codec, source: str | os.PathLike, bandwidth: float, progress: bool = False, entropy: bool = False
+) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
 
     The file is read twice, block by block; unreadable, truncated or empty files and NaN or infinite
@@ -141,35 +157,41 @@ def encode_file(codec: Codec, source: str | os.PathLike, bandwidth: float, progr
     """
     with open_audio(source) as audio:
         step = _block_frames(audio.samplerate)
-        return _encode(
-            codec, lambda: audio_blocks(audio, step), audio.samplerate, audio.channels, bandwidth, progress, str(source)
-        )
+        blocks = lambda: audio_blocks(audio, step)  # noqa: E731
+        return _encode(codec, blocks, audio.samplerate, audio.channels, bandwidth, progress, str(source), entropy)
 
 
 def compress_file(
-    codec: Codec, source: str | os.PathLike, target: str | os.PathLike, bandwidth: float, progress: bool = False
+    codec: Codec,
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    bandwidth: float,
+    progress: bool = False,
+    entropy: bool = False,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
     check_output(target)
-    data = encode_file(codec, source, bandwidth, progress)
+    data = encode_file(codec, source, bandwidth, progress, entropy)
     write_bytes(target, data)
     return data
 
 
 def _decoded(codec: Codec, data: bytes, name: str, progress: bool) -> tuple[bitstream.Header, Iterator[np.ndarray]]:
     """The header, and the decoded audio as blocks [C, n] at the original rate, `length` samples in all."""
-    header, codes = bitstream.read(data, name)
-    _check_model(codec, header, name)
+    _check_model(codec, bitstream.read_header(data, name), name)
+    header, codes = bitstream.read(data, name, codec.entropy)
     blocks = _trimmed(_decoded_blocks(codec, header, codes), header.channels, header.length)
     return header, _with_progress(blocks, header.sample_rate, header.duration, progress)
 
 
 def _check_model(codec: Codec, header: bitstream.Header, name: str) -> None:
     """The header's model fields against the model: its id, then what the id implies (a forged file may lie)."""
-    if header.model_id != codec.identity():
+    if header.entropy_coded and codec.entropy is None:
+        raise NdvqError(f"{name}: entropy-coded, and this model has no entropy tables; pass the model it was made with")
+    if header.model_id != codec.identity(header.entropy_coded):
         raise NdvqError(
             f"{name}: made by another model (model id {header.model_id.hex()}, "
-            f"this model is {codec.identity().hex()}); pass the model it was made with (--model)"
+            f"this model is {codec.identity(header.entropy_coded).hex()}); pass the model it was made with (--model)"
         )
     found = (header.model_sample_rate, header.hop_length, header.bits)
     expected = (codec.sample_rate, codec.hop_length, codec.config.bits_per_code)

@@ -1,0 +1,133 @@
+"""Entropy-coded bitstreams: integer tables, bit-exact round trips, tables tied to their model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import soundfile as sf
+import torch
+
+from ndvq import Codec, NdvqError, bitstream, compress, decompress
+from ndvq.cli import main
+from ndvq.entropy import TOTAL, EntropyModel, frequencies
+
+
+def repetitive(rng: np.random.Generator, shape: tuple[int, int, int], size: int, repeat: float) -> np.ndarray:
+    """Codes [C, n_q, frames] drawn from a skewed distribution, each frame repeating the last with `repeat`."""
+    skew = rng.dirichlet(np.full(size, 0.3))
+    codes = rng.choice(size, size=shape, p=skew)
+    for t in range(1, shape[2]):
+        codes[..., t] = np.where(rng.random(shape[:2]) < repeat, codes[..., t - 1], codes[..., t])
+    return codes
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Codec:
+    """tiny with tables fitted on its own codes of speech-like noise."""
+    codec = Codec.from_preset("tiny")
+    rng = np.random.default_rng(0)
+    codes = [bitstream.read(compress(codec, 0.1 * rng.standard_normal((1, 8000)).astype(np.float32), 16000, 8.0))[1]]
+    codec.set_entropy(EntropyModel.fit(codes, codec.num_codebooks, codec.codebook_size))
+    return codec
+
+
+def test_tables_are_integers_summing_to_the_total() -> None:
+    table = frequencies(np.array([[0.0, 0.0, 5.0, 1e9], [1.0, 1.0, 1.0, 1.0]]))
+    assert table.dtype == np.int32 and (table >= 1).all() and (table.sum(axis=1) == TOTAL).all()
+    symbols = frequencies(np.ones((2, 8)))
+    with pytest.raises(ValueError, match="int32"):
+        EntropyModel(symbols.astype(np.float64), np.full((2, 2), 100, np.int32))
+    with pytest.raises(ValueError, match="repeat probabilities"):
+        EntropyModel(symbols, np.full((2, 2), TOTAL, np.int32))
+    with pytest.raises(ValueError, match="sum to"):
+        EntropyModel(symbols + 1, np.full((2, 2), 100, np.int32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 2), (2, 12, 500), (3, 24, 37)])
+def test_round_trip_is_bit_exact_and_pays_on_skewed_codes(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    tables = EntropyModel.fit([repetitive(rng, (1, 24, 2000), 1024, 0.3)], 24, 1024)
+    codes = repetitive(np.random.default_rng(sum(shape)), shape, 1024, 0.3)
+    payload = tables.encode(codes)
+    assert np.array_equal(tables.decode(payload, *shape), codes)
+    if codes.size > 1000:
+        assert len(payload) * 8 < 0.9 * codes.size * 10  # fewer bits than 10 per code
+        assert abs(len(payload) * 8 - tables.bits(codes).sum()) < 0.01 * len(payload) * 8 + 64
+
+
+def test_uniform_random_codes_round_trip(fitted: Codec) -> None:
+    codes = np.random.default_rng(5).integers(0, 256, (2, 4, 300))
+    payload = fitted.entropy.encode(codes)
+    assert np.array_equal(fitted.entropy.decode(payload, 2, 4, 300), codes)
+
+
+@pytest.mark.parametrize("bandwidth", [2.0, 4.0, 8.0])
+def test_entropy_coded_file_decodes_to_the_same_audio(fitted: Codec, speech, bandwidth: float) -> None:
+    wav, rate = speech
+    plain, coded = (compress(fitted, wav, rate, bandwidth, entropy=flag) for flag in (False, True))
+    assert plain[4] == 1 and coded[4] == 2  # format versions
+    assert np.array_equal(bitstream.read(plain)[1], bitstream.read(coded, entropy=fitted.entropy)[1])
+    assert np.array_equal(decompress(plain, fitted)[0], decompress(coded, fitted)[0])
+
+
+def test_tables_belong_to_their_model(fitted: Codec, speech) -> None:
+    wav, rate = speech
+    coded, plain = compress(fitted, wav, rate, 8.0, entropy=True), compress(fitted, wav, rate, 8.0)
+    other = Codec.from_preset("tiny")  # the same weights, other tables
+    codes = np.random.default_rng(9).integers(0, 256, (1, 4, 100))
+    other.set_entropy(EntropyModel.fit([codes], other.num_codebooks, other.codebook_size))
+    with pytest.raises(NdvqError, match="made by another model"):
+        decompress(coded, other)
+    with pytest.raises(NdvqError, match="entropy-coded, and this model has no entropy tables"):
+        decompress(coded, Codec.from_preset("tiny"))
+    # Plain (version 1) files do not depend on the tables: fitting them leaves those files valid.
+    assert np.array_equal(decompress(plain, other)[0], decompress(plain, Codec.from_preset("tiny"))[0])
+
+
+def test_tables_are_saved_checked_and_integer_on_disk(tmp_path: Path, fitted: Codec) -> None:
+    fitted.save(tmp_path / "model")
+    loaded = Codec.load(tmp_path / "model")
+    assert loaded.identity(True) == fitted.identity(True) and loaded.identity() == fitted.identity()
+    stored = safetensors.torch.load_file(tmp_path / "model" / "entropy.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.int32}
+    # A float table slipped in (with a matching checksum) is refused.
+    floats = {name: t.to(torch.float32) for name, t in stored.items()}
+    safetensors.torch.save_file(floats, tmp_path / "model" / "entropy.safetensors")
+    config = tmp_path / "model" / "config.json"
+    import hashlib
+    import json
+
+    document = json.loads(config.read_text())
+    document["entropy_sha256"] = hashlib.sha256((tmp_path / "model" / "entropy.safetensors").read_bytes()).hexdigest()
+    config.write_text(json.dumps(document))
+    with pytest.raises(NdvqError, match="not valid entropy tables"):
+        Codec.load(tmp_path / "model")
+
+
+def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech) -> None:
+    wav, rate = speech
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        sf.write(corpus / f"{i}.wav", wav[:, i * 6000 : (i + 1) * 6000].T, rate)
+    (corpus / "broken.wav").write_bytes(b"RIFF")
+    assert main(["fit-entropy", "tiny", str(corpus)]) == 1
+    assert "not a model directory; give --out" in capsys.readouterr().err
+    assert main(["fit-entropy", "tiny", str(corpus), "--out", str(tmp_path / "model")]) == 0
+    out, err = capsys.readouterr()
+    assert "fitted on 3 files" in out and "skipped broken.wav" in err
+    clip = corpus / "0.wav"
+    model = str(tmp_path / "model")
+    assert main(["compress", str(clip), str(tmp_path / "a.ndvq"), "-b", "8", "--model", model, "--entropy"]) == 0
+    assert main(["compress", str(clip), str(tmp_path / "b.ndvq"), "-b", "8", "--model", model]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.ndvq")]) == 0
+    assert ".ndvq version 2 (entropy-coded codes)" in capsys.readouterr().out
+    for name in ("a", "b"):
+        assert (
+            main(["decompress", str(tmp_path / f"{name}.ndvq"), str(tmp_path / f"{name}.wav"), "--model", model]) == 0
+        )
+    assert np.array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
+    assert main(["compress", str(clip), str(tmp_path / "c.ndvq"), "--model", "tiny", "-b", "8", "--entropy"]) == 1
+    assert "has no entropy tables" in capsys.readouterr().err and not (tmp_path / "c.ndvq").exists()
