@@ -1,6 +1,6 @@
 """Corpus tokenization speed: hours of audio tokenized per hour with 1 and 2 worker processes.
 
-    python benchmarks/tokenize.py [--files 6] [--seconds 8] [--model speech-16k] [--bandwidth 6] [--threads 2]
+    python benchmarks/tokenize_corpus.py [--files 6] [--seconds 8] [--model speech-16k] [--bandwidth 6] [--threads 2]
 
 The corpus is a temporary folder of FLAC files cut from the bundled speech clip (each from its own offset,
 lengths spread around --seconds). Each run tokenizes it from scratch (`ndvq.tokens.tokenize`, as
@@ -11,14 +11,8 @@ computes them), so a GPU, if present, is not used. About a minute with the defau
 with training runs, where 2 threads in one process are far slower than 2 processes of 1 thread.
 """
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path: this file would be the standard `tokenize` module.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
+import os
 from pathlib import Path
 import platform
 import tempfile
