@@ -15,7 +15,7 @@ $(BIN)/ndvq: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[train,eval,dev]'
+	$(BIN)/pip install -q -e '.[train,eval,dev,onnx]'
 	touch $@
 
 # Says what each package is for, then installs the missing ones with apt-get, as root (sudo if needed).

@@ -2,6 +2,11 @@
 and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 
     python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k] [--encodec]
+    python benchmarks/speed.py --onnx [--threads 2] [--presets ...]
+
+--onnx (needs `pip install 'ndvq[onnx]'`) times only onnxruntime against PyTorch, in one run, on tensors: the
+bundled clip repeated to 10 s, encode (scale and codes) and decode (audio times the scale), both at --threads
+intra-op threads.
 
 --encodec needs `pip install --no-deps encodec==0.1.1 einops` (with its dependencies, encodec would pull a
 torchaudio that replaces torch).
@@ -29,7 +34,8 @@ import soundfile as sf
 import torch
 
 from ndvq import Codec, ResidualNDVQ, ResidualVQ
-from ndvq.audio import read_audio
+from ndvq.audio import read_audio, resample
+from ndvq.codec import signal_scale
 from ndvq.compress import compress_file, decompress_file
 from ndvq.presets import PRESETS
 
@@ -129,6 +135,43 @@ def measure_against_encodec(seconds: float, bandwidth: float) -> dict:
     return times
 
 
+def measure_onnx(preset: str, bandwidth: float, threads: int, seconds: float = 10.0) -> dict:
+    """RTF of encode and decode of `seconds` of the bundled clip, PyTorch and onnxruntime (same thread count),
+    and the fraction of onnxruntime's codes equal to PyTorch's."""
+    import onnxruntime
+
+    from ndvq.onnx_export import export_onnx
+
+    codec = Codec.from_preset(preset)
+    clip, rate = read_audio(CLIP)
+    clip = resample(clip[:1], rate, codec.sample_rate)
+    wav = torch.from_numpy(np.tile(clip, int(seconds * codec.sample_rate) // clip.shape[1] + 1))
+    wav = wav[None, :, : int(seconds * codec.sample_rate)].float()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    with tempfile.TemporaryDirectory() as directory:
+        paths = export_onnx(codec, directory, [bandwidth])
+        encoder, decoder = (
+            onnxruntime.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths[:2]
+        )
+
+    def onnx_encode() -> tuple[np.ndarray, torch.Tensor]:
+        scale = signal_scale([wav])
+        audio = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % codec.hop_length)) / scale
+        return encoder.run(None, {"audio": audio.numpy()})[0], scale
+
+    codes, scale = codec.encode(wav, bandwidth, chunk_seconds=None)
+    equal = float((onnx_encode()[0] == codes.numpy()).mean())
+    with torch.no_grad():
+        times = {
+            "torch_encode": time_call(lambda: codec.encode(wav, bandwidth, chunk_seconds=None), repeats=3),
+            "onnx_encode": time_call(onnx_encode, repeats=3),
+            "torch_decode": time_call(lambda: codec.decode(codes, scale, chunk_seconds=None), repeats=3),
+            "onnx_decode": time_call(lambda: decoder.run(None, {"codes": codes.numpy()})[0] * scale.numpy(), repeats=3),
+        }
+    return {"equal": equal, **{name: ms / 1000 / seconds for name, ms in times.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -136,6 +179,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["paper-24k", "speech-16k"], choices=list(PRESETS))
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
+    parser.add_argument("--onnx", action="store_true", help="only onnxruntime against PyTorch (10 s, tensors)")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,6 +188,18 @@ def main() -> None:
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    if args.onnx:
+        print("10 s of the bundled clip, tensors in memory, RTF (seconds per second of audio):")
+        columns = ("encode torch", "encode onnx", "decode torch", "decode onnx", "codes equal")
+        print(f"{'preset':<11} {'kbps':>5} " + " ".join(f"{c:>12}" for c in columns))
+        for preset in args.presets:
+            bandwidth = preset_bandwidth(preset, args.bandwidth)
+            row = measure_onnx(preset, bandwidth, args.threads)
+            print(
+                f"{preset:<11} {bandwidth:5g} {row['torch_encode']:12.4f} {row['onnx_encode']:12.4f} "
+                f"{row['torch_decode']:12.4f} {row['onnx_decode']:12.4f} {row['equal']:12.6f}"
+            )
+        return
     print("codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights):")
     print(
         f"{'preset':<11} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "

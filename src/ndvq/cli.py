@@ -243,6 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     from ndvq.train.corpus import add_data_parser
 
     add_data_parser(commands)
+    onnx = commands.add_parser("export-onnx", help="Export a model as ONNX graphs.", description=_EXPORT_ONNX_HELP)
+    onnx.add_argument("model", help="model directory or preset")
+    onnx.add_argument("out_dir", type=Path, help="directory for the graphs and onnx.json")
+    onnx.add_argument(
+        "-b", "--bandwidth", type=float, nargs="+", metavar="KBPS", help="bitrates (default: all the model's)"
+    )
     export = commands.add_parser("export", help="Export a training run as a model directory.")
     export.add_argument("run_dir", type=Path)
     export.add_argument("output", type=Path)
@@ -264,6 +270,12 @@ _FIT_ENTROPY_HELP = (
 _REPORT_HELP = (
     "Write one self-contained HTML page (report.html) from an `ndvq eval` results directory: the summary, "
     "usage and robustness tables and plots, and per bitrate a few examples to listen to, with spectrograms."
+)
+_EXPORT_ONNX_HELP = (
+    "Write ONNX graphs of a model (needs the 'onnx' extra): encoder-<kbps>kbps.onnx per bitrate, audio [B, 1, T] "
+    "divided by its RMS scale and zero-padded to a multiple of the hop -> codes [B, n_q, T / hop] int64; "
+    "decoder.onnx, codes [B, n_q, F] (any n_q) -> audio [B, 1, F * hop] to multiply by the scale; and onnx.json "
+    "describing them."
 )
 _EVAL_HELP = (
     "Code reference audio with NDVQ/RVQ models and classical codecs at several bitrates and score it with "
@@ -411,6 +423,12 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
         return _tokenize(args, progress)
     if args.command == "fit-entropy":
         return _fit_entropy(args, progress)
+    if args.command == "export-onnx":
+        from ndvq.onnx_export import export_onnx
+
+        for path in export_onnx(_load_model(args.model), args.out_dir, args.bandwidth):
+            print(path, flush=True)
+        return 0
     if args.command == "data":
         from ndvq.train.corpus import run_data_command
 
