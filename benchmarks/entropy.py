@@ -4,8 +4,9 @@ time it adds to the codec's own encode and decode.
     python benchmarks/entropy.py --model models/speech-16k-small-ndvq \
         --fit /root/ndvq-data/demo/train.tsv --measure /root/ndvq-data/demo/test.tsv [--fit-limit 400]
 
-The tables are fitted on the codes of the --fit files (as `ndvq fit-entropy` does) and measured on the
---measure files (use a split with other voices). Bits are those of the payload, without the header.
+The tables are fitted on the codes of --fit-limit --fit files taken at equal steps (as `ndvq fit-entropy` does) and
+measured on --measure-limit files taken at equal steps through the --measure list (use a split with other
+voices). Bits are those of the payload, without the header.
 """
 
 import argparse
@@ -39,8 +40,9 @@ def main() -> None:
     print(f"tables fitted on {files} files of {args.fit} in {time.perf_counter() - start:.0f} s")
     codec.set_entropy(tables)
 
-    entries = source_files(args.measure)[: args.measure_limit]
-    print(f"measured on {len(entries)} files of {args.measure}\n")
+    entries = source_files(args.measure)
+    entries = entries[:: max(1, len(entries) // args.measure_limit)][: args.measure_limit]  # spread over voices
+    print(f"measured on {len(entries)} files spread over {args.measure}\n")
     print("| kbps | nominal kbps | entropy-coded kbps | saving | codec encode+decode s | entropy encode+decode s |")
     print("|---|---|---|---|---|---|")
     per_stage = {}

@@ -10,15 +10,17 @@ import torch
 
 from ndvq import Codec, NdvqError, bitstream, compress, decompress
 from ndvq.cli import main
-from ndvq.entropy import TOTAL, EntropyModel, frequencies
+from ndvq.entropy import GROUPS, MIN_OTHERS, TOTAL, EntropyModel, frequencies, index_groups
 
 
-def repetitive(rng: np.random.Generator, shape: tuple[int, int, int], size: int, repeat: float) -> np.ndarray:
-    """Codes [C, n_q, frames] drawn from a skewed distribution, each frame repeating the last with `repeat`."""
-    skew = rng.dirichlet(np.full(size, 0.3))
-    codes = rng.choice(size, size=shape, p=skew)
-    for t in range(1, shape[2]):
-        codes[..., t] = np.where(rng.random(shape[:2]) < repeat, codes[..., t - 1], codes[..., t])
+def structured(rng: np.random.Generator, shape: tuple[int, int, int], size: int) -> np.ndarray:
+    """Codes [C, n_q, frames] with the dependencies the model uses: stage 1 a slow random walk over the
+    codes, each later stage near a fixed offset of the stage before (index groups see both)."""
+    channels, n_q, frames = shape
+    codes = np.empty(shape, np.int64)
+    codes[:, 0] = np.cumsum(rng.integers(-8, 9, (channels, frames)), axis=1) % size
+    for s in range(1, n_q):
+        codes[:, s] = (codes[:, s - 1] + 97 * s + rng.integers(-16, 17, (channels, frames))) % size
     return codes
 
 
@@ -28,27 +30,28 @@ def fitted() -> Codec:
     codec = Codec.from_preset("tiny")
     rng = np.random.default_rng(0)
     codes = [bitstream.read(compress(codec, 0.1 * rng.standard_normal((1, 8000)).astype(np.float32), 16000, 8.0))[1]]
-    codec.set_entropy(EntropyModel.fit(codes, codec.num_codebooks, codec.codebook_size))
+    codec.set_entropy(EntropyModel.fit(codes, index_groups(codec.num_codebooks, codec.codebook_size)))
     return codec
 
 
 def test_tables_are_integers_summing_to_the_total() -> None:
     table = frequencies(np.array([[0.0, 0.0, 5.0, 1e9], [1.0, 1.0, 1.0, 1.0]]))
     assert table.dtype == np.int32 and (table >= 1).all() and (table.sum(axis=1) == TOTAL).all()
-    symbols = frequencies(np.ones((2, 8)))
+    assert table.max() <= TOTAL - MIN_OTHERS  # no code is nearly free: bounds the codes a payload can hold
+    tables, groups = frequencies(np.ones((2, GROUPS + 1, 8))), index_groups(2, 8)
     with pytest.raises(ValueError, match="int32"):
-        EntropyModel(symbols.astype(np.float64), np.full((2, 2), 100, np.int32))
-    with pytest.raises(ValueError, match="repeat probabilities"):
-        EntropyModel(symbols, np.full((2, 2), TOTAL, np.int32))
+        EntropyModel(tables.astype(np.float64), groups)
     with pytest.raises(ValueError, match="sum to"):
-        EntropyModel(symbols + 1, np.full((2, 2), 100, np.int32))
+        EntropyModel(tables + 1, groups)
+    with pytest.raises(ValueError, match="groups must lie"):
+        EntropyModel(tables, groups + GROUPS)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 3, 2), (2, 12, 500), (3, 24, 37)])
-def test_round_trip_is_bit_exact_and_pays_on_skewed_codes(shape: tuple[int, int, int]) -> None:
+def test_round_trip_is_bit_exact_and_pays_on_structured_codes(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(sum(shape))
-    tables = EntropyModel.fit([repetitive(rng, (1, 24, 2000), 1024, 0.3)], 24, 1024)
-    codes = repetitive(np.random.default_rng(sum(shape)), shape, 1024, 0.3)
+    tables = EntropyModel.fit([structured(rng, (1, 24, 4000), 1024)], index_groups(24, 1024))
+    codes = structured(np.random.default_rng(sum(shape) + 1), shape, 1024)
     payload = tables.encode(codes)
     assert np.array_equal(tables.decode(payload, *shape), codes)
     if codes.size > 1000:
@@ -76,7 +79,7 @@ def test_tables_belong_to_their_model(fitted: Codec, speech) -> None:
     coded, plain = compress(fitted, wav, rate, 8.0, entropy=True), compress(fitted, wav, rate, 8.0)
     other = Codec.from_preset("tiny")  # the same weights, other tables
     codes = np.random.default_rng(9).integers(0, 256, (1, 4, 100))
-    other.set_entropy(EntropyModel.fit([codes], other.num_codebooks, other.codebook_size))
+    other.set_entropy(EntropyModel.fit([codes], index_groups(other.num_codebooks, other.codebook_size)))
     with pytest.raises(NdvqError, match="made by another model"):
         decompress(coded, other)
     with pytest.raises(NdvqError, match="entropy-coded, and this model has no entropy tables"):

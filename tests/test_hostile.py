@@ -21,7 +21,7 @@ import torch
 
 from ndvq import Codec, NdvqError, bitstream, compress, decompress
 from ndvq.cli import main
-from ndvq.entropy import EntropyModel
+from ndvq.entropy import EntropyModel, index_groups
 
 compress_module = importlib.import_module("ndvq.compress")  # `ndvq.compress` is also the function
 
@@ -186,7 +186,7 @@ def test_fuzz_every_mutation_is_decoded_correctly_or_refused(monkeypatch) -> Non
     tiny entropy-coded payload claimed millions of codes) stays under a megabyte."""
     tiny = Codec.from_preset("tiny")
     codes = [np.random.default_rng(i).integers(0, 256, (1, 4, 50)) for i in range(3)]
-    tiny.set_entropy(EntropyModel.fit(codes, tiny.num_codebooks, tiny.codebook_size))
+    tiny.set_entropy(EntropyModel.fit(codes, index_groups(tiny.num_codebooks, tiny.codebook_size)))
     identities = {flag: tiny.identity(flag) for flag in (False, True)}
     monkeypatch.setattr(tiny, "identity", lambda entropy=False: identities[entropy])  # hash the weights once
     threads = torch.get_num_threads()

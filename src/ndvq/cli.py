@@ -217,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("model", help="model directory (or preset, with --out)")
     fit.add_argument("source", type=Path, help="training audio: a folder (recursively) or a manifest (.tsv)")
     fit.add_argument("--out", type=Path, help="model directory to write (default: MODEL itself)")
-    fit.add_argument("--limit", type=int, help="only the first N files")
+    fit.add_argument("--limit", type=int, help="only N files, taken at equal steps through the list")
     train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
     train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k.yaml")
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")

@@ -244,7 +244,7 @@ class Codec(nn.Module):
         if entropy:
             if self.entropy is None:
                 raise NdvqError("this model has no entropy tables (make them with `ndvq fit-entropy`)")
-            for name, table in (("entropy.symbols", self.entropy.symbols), ("entropy.repeat", self.entropy.repeat)):
+            for name, table in (("entropy.tables", self.entropy.tables), ("entropy.groups", self.entropy.groups)):
                 digest.update(name.encode())
                 digest.update(np.ascontiguousarray(table, "<i4").tobytes())
         return digest.digest()[:8]
@@ -262,7 +262,7 @@ class Codec(nn.Module):
         }
         files = [(WEIGHTS_FILE, weights)]
         if self.entropy is not None:
-            tables = {name: torch.from_numpy(getattr(self.entropy, name)) for name in ("symbols", "repeat")}
+            tables = {name: torch.from_numpy(getattr(self.entropy, name)) for name in ("tables", "groups")}
             files.append((ENTROPY_FILE, safetensors.torch.save(tables)))
             document["entropy_sha256"] = hashlib.sha256(files[-1][1]).hexdigest()
         for name, content in [*files, (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())]:
@@ -321,7 +321,7 @@ def _read_entropy(directory: Path, recorded: object) -> EntropyModel:
         raise NdvqError(f"{path}: damaged or replaced entropy tables (their SHA-256 is not the one in {CONFIG_FILE})")
     try:
         tables = safetensors.torch.load(data)
-        return EntropyModel(tables["symbols"].numpy(), tables["repeat"].numpy())
+        return EntropyModel(tables["tables"].numpy(), tables["groups"].numpy())
     except (SafetensorError, KeyError, ValueError) as error:
         raise NdvqError(f"{path}: not valid entropy tables ({error})") from None
 

@@ -1,16 +1,16 @@
 """Entropy coding of codes [C, n_q, frames]: integer probability tables and constriction's range coder.
 
-The model, per stage s, with tables fitted on training codes (`fit`):
-  - frame 0: the code, from the frequency table `symbols[s]`;
-  - frame t > 0: a flag, "the same code as at frame t - 1", with probability `repeat[s, r] / TOTAL`,
-    where r is the previous stage's flag at frame t (r = 0 for the first stage); when the flag is 0,
-    the code, from `symbols[s]`.
-Each channel's stages are coded in order, each over all its frames at once, so decoding is vectorised:
-a stage's flags depend only on the previous stage's flags.
+The model codes each code from a frequency table chosen by a context:
+  - stage 1, frame 0: no context (the last table of the stage);
+  - stage 1, frame t > 0: the group of stage 1's code at frame t - 1 (speech changes slowly);
+  - stage s > 1: the group of stage s - 1's code at the same frame (what the residual depends on).
+Groups (`groups[s]`, `GROUPS` of them) gather codes with nearby codebook vectors, so a table per group
+can be estimated from little data. A channel's stages are coded in order: stage 1 frame by frame (its
+context is its own previous code), the others over all frames at once.
 
 Every probability is an integer out of TOTAL = 2**PRECISION. constriction receives them as float64
 ratios, which are exact, so the same integers give the same bits on every platform and device: no
-floating-point result of the model (softmax, logits) ever decides a symbol.
+floating-point result of a model (softmax, logits) ever decides a symbol.
 """
 
 from collections.abc import Iterable
@@ -21,54 +21,72 @@ import numpy as np
 
 PRECISION = 16
 TOTAL = 1 << PRECISION
-# A flag's "changed" probability is kept at least 1/64, so a flag costs at least log2(64/63) bits and a
-# payload of P bytes holds at most about 352 P flags: the bound that keeps hostile files small in memory.
-MIN_CHANGE = TOTAL // 64
-MAX_SYMBOLS_PER_BYTE = 400
-FLAG_MODEL = constriction.stream.model.Categorical(perfect=False)  # probabilities given per flag
+GROUPS = 32
+# Every table leaves at least 1/128 of its mass to the other symbols (fit mixes in 1/64 of uniform), so a
+# code costs at least log2(128/127) bits and a payload of P bytes holds at most about 710 P codes.
+MIN_OTHERS = TOTAL // 128
+MAX_SYMBOLS_PER_BYTE = 800
+UNIFORM_SHARE = 1 / 64
+BACKOFF = 128.0  # frames' worth of a stage's overall frequencies added to each of its context's counts
+BLOCK_FRAMES = 2048  # frames whose probability rows are built at a time when encoding
+CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol
 
 
 def frequencies(counts: np.ndarray) -> np.ndarray:
     """Non-negative counts [..., K] -> integer frequencies [..., K], each at least 1, summing to TOTAL along
-    the last axis (largest remainders get the rounding)."""
+    the last axis (largest remainders get the rounding), with UNIFORM_SHARE of the mass spread evenly."""
     counts = np.asarray(counts, np.float64)
     size = counts.shape[-1]
-    if size > TOTAL:
+    if not 2 <= size <= TOTAL // 2:
         raise ValueError(f"{size} symbols do not fit a table of {TOTAL}")
-    spare = TOTAL - size  # each symbol gets 1, the rest shares `spare` in proportion to the counts
     total = counts.sum(axis=-1, keepdims=True)
-    share = np.where(total > 0, counts / np.where(total > 0, total, 1), 1 / size) * spare
+    empirical = np.where(total > 0, counts / np.where(total > 0, total, 1), 1 / size)
+    share = ((1 - UNIFORM_SHARE) * empirical + UNIFORM_SHARE / size) * (TOTAL - size)
     table = np.floor(share).astype(np.int64)
-    missing = spare - table.sum(axis=-1)
+    missing = TOTAL - size - table.sum(axis=-1)
     order = np.argsort(-(share - table), axis=-1, kind="stable")
-    ranks = np.argsort(order, axis=-1, kind="stable")
-    table += ranks < missing[..., None]
+    table += np.argsort(order, axis=-1, kind="stable") < missing[..., None]
     return (table + 1).astype(np.int32)
+
+
+def index_groups(stages: int, codebook_size: int) -> np.ndarray:
+    """Groups by code index ([n_q, K] int32): for codes with no known geometry."""
+    return np.tile((np.arange(codebook_size) * GROUPS // codebook_size).astype(np.int32), (stages, 1))
 
 
 @dataclass(frozen=True)
 class EntropyModel:
-    symbols: np.ndarray  # int32 [n_q, K], each row sums to TOTAL
-    repeat: np.ndarray  # int32 [n_q, 2]: TOTAL x P(same code as the previous frame | previous stage's flag)
+    tables: np.ndarray  # int32 [n_q, GROUPS + 1, K]: per stage, a table per context group, then "none"
+    groups: np.ndarray  # int32 [n_q, K]: the group of each code of each stage, in [0, GROUPS)
 
     def __post_init__(self) -> None:
-        symbols, repeat = self.symbols, self.repeat
-        if symbols.dtype != np.int32 or repeat.dtype != np.int32:
+        tables, groups = self.tables, self.groups
+        if tables.dtype != np.int32 or groups.dtype != np.int32:
             raise ValueError("entropy tables must be int32 (integer probabilities)")
-        if symbols.ndim != 2 or repeat.shape != (symbols.shape[0], 2):
-            raise ValueError(f"entropy tables of shapes {symbols.shape} and {repeat.shape} do not match")
-        if (symbols < 1).any() or (symbols.sum(axis=1, dtype=np.int64) != TOTAL).any():
-            raise ValueError(f"every symbol table must be positive and sum to {TOTAL}")
-        if (repeat < 1).any() or (repeat > TOTAL - MIN_CHANGE).any():
-            raise ValueError(f"repeat probabilities must lie in [1, {TOTAL - MIN_CHANGE}] / {TOTAL}")
+        if tables.ndim != 3 or tables.shape[1] != GROUPS + 1 or groups.shape != (tables.shape[0], tables.shape[2]):
+            raise ValueError(f"entropy tables of shapes {tables.shape} and {groups.shape} do not match")
+        if (tables < 1).any() or (tables.sum(axis=-1, dtype=np.int64) != TOTAL).any():
+            raise ValueError(f"every table must be positive and sum to {TOTAL}")
+        if (tables > TOTAL - MIN_OTHERS).any():
+            raise ValueError(f"no code may have more than {TOTAL - MIN_OTHERS} / {TOTAL}")
+        if groups.min() < 0 or groups.max() >= GROUPS:
+            raise ValueError(f"groups must lie in [0, {GROUPS})")
 
     @property
     def stages(self) -> int:
-        return self.symbols.shape[0]
+        return self.tables.shape[0]
 
     @property
     def codebook_size(self) -> int:
-        return self.symbols.shape[1]
+        return self.tables.shape[2]
+
+    def contexts(self, codes: np.ndarray, stage: int) -> np.ndarray:
+        """The table index of each frame of one channel's `stage` (codes [n_q, frames]): [frames]."""
+        frames = codes.shape[1]
+        if stage > 0:
+            return self.groups[stage - 1][codes[stage - 1]]
+        previous = self.groups[0][codes[0, :-1]] if frames > 1 else np.zeros(0, np.int32)
+        return np.concatenate([[GROUPS], previous]).astype(np.int64)
 
     # --- coding ------------------------------------------------------------------------------------
     def encode(self, codes: np.ndarray) -> bytes:
@@ -78,15 +96,11 @@ class EntropyModel:
             raise ValueError(f"codes [.., {n_q}, ..] outside the entropy model's {self.stages} x {self.codebook_size}")
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(channels):
-            previous = np.zeros(max(0, frames - 1), np.int64)  # the previous stage's flags
             for s in range(n_q):
-                stage = codes[c, s].astype(np.int32)
-                symbols = self._symbol_model(s)
-                encoder.encode(stage[:1], symbols)
-                flags = (stage[1:] == stage[:-1]).astype(np.int32)
-                encoder.encode(flags, FLAG_MODEL, self._flag_table(s, previous))
-                encoder.encode(stage[1:][flags == 0], symbols)
-                previous = flags
+                contexts, symbols = self.contexts(codes[c], s), codes[c, s].astype(np.int32)
+                for start in range(0, frames, BLOCK_FRAMES):
+                    rows = self._rows(s, contexts[start : start + BLOCK_FRAMES])
+                    encoder.encode(symbols[start : start + BLOCK_FRAMES], CATEGORICAL, rows)
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def decode(self, payload: bytes | memoryview, channels: int, n_q: int, frames: int) -> np.ndarray:
@@ -103,70 +117,45 @@ class EntropyModel:
             raise ValueError(f"invalid entropy-coded payload ({error})") from None
 
     def _decode(self, decoder, channels: int, n_q: int, frames: int) -> np.ndarray:
-        codes = np.empty((channels, n_q, frames), np.int64)
+        codes = np.zeros((channels, n_q, frames), np.int64)
         for c in range(channels):
-            previous = np.zeros(max(0, frames - 1), np.int64)
-            for s in range(n_q):
-                symbols = self._symbol_model(s)
-                first = decoder.decode(symbols, 1)
-                flags = decoder.decode(FLAG_MODEL, self._flag_table(s, previous))
-                changed = decoder.decode(symbols, int((flags == 0).sum()))
-                codes[c, s] = _expand(int(first[0]), flags, changed)
-                previous = flags.astype(np.int64)
+            context = GROUPS
+            for t in range(frames):  # stage 1: each frame's context is the code just decoded
+                codes[c, 0, t] = decoder.decode(CATEGORICAL, self._rows(0, np.array([context])))[0]
+                context = self.groups[0][codes[c, 0, t]]
+            for s in range(1, n_q):
+                contexts = self.contexts(codes[c], s)
+                for start in range(0, frames, BLOCK_FRAMES):
+                    rows = self._rows(s, contexts[start : start + BLOCK_FRAMES])
+                    codes[c, s, start : start + BLOCK_FRAMES] = decoder.decode(CATEGORICAL, rows)
         return codes
 
     def bits(self, codes: np.ndarray) -> np.ndarray:
         """Ideal code length in bits of codes [C, n_q, frames], per stage: [n_q] (the coder adds a few bits)."""
-        channels, n_q, frames = codes.shape
-        total = np.zeros(n_q)
-        log_symbols = np.log2(TOTAL) - np.log2(self.symbols.astype(np.float64))
-        for c in range(channels):
-            previous = np.zeros(max(0, frames - 1), np.int64)
-            for s in range(n_q):
-                stage = codes[c, s]
-                flags = (stage[1:] == stage[:-1]).astype(np.int64)
-                repeat = self.repeat[s][previous].astype(np.float64) / TOTAL
-                flag_bits = -np.log2(np.where(flags == 1, repeat, 1 - repeat)).sum()
-                coded = np.concatenate([stage[:1], stage[1:][flags == 0]])
-                total[s] += log_symbols[s][coded].sum() + flag_bits
-                previous = flags
-        return total
+        channels, n_q, _ = codes.shape
+        cost = np.log2(TOTAL) - np.log2(self.tables.astype(np.float64))
+        return np.array(
+            [sum(cost[s][self.contexts(codes[c], s), codes[c, s]].sum() for c in range(channels)) for s in range(n_q)]
+        )
 
-    def _symbol_model(self, stage: int):
-        return constriction.stream.model.Categorical(self.symbols[stage].astype(np.float64) / TOTAL, perfect=False)
-
-    def _flag_table(self, stage: int, previous: np.ndarray) -> np.ndarray:
-        """[frames - 1, 2] probabilities (changed, repeated) of each flag, exact ratios of integers."""
-        repeat = self.repeat[stage][previous].astype(np.float64)
-        return np.stack([TOTAL - repeat, repeat], axis=1) / TOTAL
+    def _rows(self, stage: int, contexts: np.ndarray) -> np.ndarray:
+        """[n, K] probabilities of the tables `contexts` index: exact ratios of integers."""
+        return self.tables[stage][contexts].astype(np.float64) / TOTAL
 
     # --- fitting -----------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, codes: Iterable[np.ndarray], stages: int, codebook_size: int) -> "EntropyModel":
-        """Tables from training codes, each [C, n_q, frames] with n_q <= stages (stages never seen keep
-        uniform tables). Counts start at 1/2 (Krichevsky-Trofimov) so unseen codes stay codable."""
-        symbol_counts = np.full((stages, codebook_size), 0.5)
-        flag_counts = np.full((stages, 2, 2), 0.5)  # [stage, previous flag, flag]
+    def fit(cls, codes: Iterable[np.ndarray], groups: np.ndarray) -> "EntropyModel":
+        """Tables from training codes, each [C, n_q, frames] with n_q <= stages, for the code groups
+        [stages, K] (for example from the codebook vectors; `index_groups` without them). Each context's
+        counts are smoothed toward its stage's overall frequencies (BACKOFF frames' worth), those toward
+        uniform (Krichevsky-Trofimov); stages never seen keep uniform tables."""
+        stages, size = groups.shape
+        counts = np.zeros((stages, GROUPS + 1, size))
+        model = cls(frequencies(counts + 1), groups.astype(np.int32))
         for item in codes:
-            channels, n_q, frames = item.shape
-            for c in range(channels):
-                previous = np.zeros(max(0, frames - 1), np.int64)
-                for s in range(n_q):
-                    stage = item[c, s]
-                    flags = (stage[1:] == stage[:-1]).astype(np.int64)
-                    np.add.at(flag_counts[s], (previous, flags), 1)
-                    coded = np.concatenate([stage[:1], stage[1:][flags == 0]])
-                    symbol_counts[s] += np.bincount(coded, minlength=codebook_size)
-                    previous = flags
-        probability = flag_counts[..., 1] / flag_counts.sum(axis=-1)
-        repeat = np.clip(np.round(probability * TOTAL), 1, TOTAL - MIN_CHANGE).astype(np.int32)
-        return cls(frequencies(symbol_counts), repeat)
-
-
-def _expand(first: int, flags: np.ndarray, changed: np.ndarray) -> np.ndarray:
-    """A stage's codes [frames] from its first code, its repeat flags [frames - 1] and the codes of the
-    frames that changed: each repeated frame takes the code of the last frame that changed."""
-    starts = np.concatenate([[True], flags == 0])
-    values = np.zeros(len(starts), np.int64)
-    values[starts] = np.concatenate([[first], changed])
-    return values[np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))]
+            for c in range(item.shape[0]):
+                for s in range(item.shape[1]):
+                    np.add.at(counts[s], (model.contexts(item[c], s), item[c, s]), 1)
+        overall = counts.sum(axis=1, keepdims=True) + 0.5
+        smoothed = counts + BACKOFF * overall / overall.sum(axis=-1, keepdims=True)
+        return cls(frequencies(smoothed), groups.astype(np.int32))

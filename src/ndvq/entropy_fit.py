@@ -4,13 +4,15 @@ from collections.abc import Iterator
 import os
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ndvq import bitstream
 from ndvq.codec import Codec
 from ndvq.compress import encode_file
-from ndvq.entropy import EntropyModel
+from ndvq.entropy import GROUPS, EntropyModel, index_groups
 from ndvq.errors import NdvqError
+from ndvq.quantization.kmeans import kmeans, nearest
 from ndvq.tokens import source_files
 
 
@@ -18,8 +20,11 @@ def fit_entropy(
     codec: Codec, source: str | os.PathLike, limit: int | None = None, progress: bool = False
 ) -> tuple[EntropyModel, int, list[tuple[str, str]]]:
     """Tables fitted on the codes, at the model's highest bitrate (every stage), of the audio files of a folder
-    or manifest (the first `limit`): (tables, files used, [(file, why it was skipped)])."""
-    entries = source_files(source)[:limit]
+    or manifest (`limit` of them taken at equal steps through the list, so that every voice counts):
+    (tables, files used, [(file, why it was skipped)])."""
+    entries = source_files(source)
+    if limit is not None:
+        entries = entries[:: max(1, len(entries) // limit)][:limit]
     failures: list[tuple[str, str]] = []
 
     def codes() -> Iterator[np.ndarray]:
@@ -29,7 +34,23 @@ def fit_entropy(
             except NdvqError as error:
                 failures.append((entry.relative, str(error)))
 
-    tables = EntropyModel.fit(codes(), codec.num_codebooks, codec.codebook_size)
+    tables = EntropyModel.fit(codes(), code_groups(codec))
     if len(failures) == len(entries):
         raise NdvqError(f"{source}: no file could be coded (first: {failures[0][1]})")
     return tables, len(entries) - len(failures), failures
+
+
+def code_groups(codec: Codec) -> np.ndarray:
+    """[n_q, K] int32: the codes of each stage in GROUPS k-means clusters of their code vectors (the means for
+    NDVQ), so that codes that decode alike share a context."""
+    quantizer, codes = codec.quantizer, torch.arange(codec.codebook_size)
+    groups = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for stage in range(codec.num_codebooks):
+            vectors = quantizer.project_out[stage](quantizer.codebooks[stage].decode(codes)).float()
+            if not torch.isfinite(vectors).all():  # an untrained codebook: no geometry to group by
+                return index_groups(codec.num_codebooks, codec.codebook_size)
+            centroids, _ = kmeans(vectors, GROUPS)
+            groups.append(nearest(vectors, centroids).numpy().astype(np.int32))
+    return np.stack(groups)
