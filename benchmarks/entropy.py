@@ -31,13 +31,15 @@ def main() -> None:
     parser.add_argument("--measure-limit", type=int, default=60)
     parser.add_argument("-b", "--bandwidth", type=float, nargs="+", default=[1.5, 3.0, 6.0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-stage", action="store_true", help="one table per stage, no contexts (comparison)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
     start = time.perf_counter()
-    tables, files, _ = fit_entropy(codec, args.fit, args.fit_limit)
+    tables, files, _ = fit_entropy(codec, args.fit, args.fit_limit, contexts=not args.per_stage)
     print(f"machine: {platform.machine()}, {args.threads} threads; model {args.model}")
-    print(f"tables fitted on {files} files of {args.fit} in {time.perf_counter() - start:.0f} s")
+    kind = "one table per stage" if args.per_stage else "context tables"
+    print(f"{kind} fitted on {files} files of {args.fit} in {time.perf_counter() - start:.0f} s")
     codec.set_entropy(tables)
 
     entries = source_files(args.measure)

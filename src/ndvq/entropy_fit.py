@@ -17,11 +17,12 @@ from ndvq.tokens import source_files
 
 
 def fit_entropy(
-    codec: Codec, source: str | os.PathLike, limit: int | None = None, progress: bool = False
+    codec: Codec, source: str | os.PathLike, limit: int | None = None, progress: bool = False, contexts: bool = True
 ) -> tuple[EntropyModel, int, list[tuple[str, str]]]:
     """Tables fitted on the codes, at the model's highest bitrate (every stage), of the audio files of a folder
     or manifest (`limit` of them taken at equal steps through the list, so that every voice counts):
-    (tables, files used, [(file, why it was skipped)])."""
+    (tables, files used, [(file, why it was skipped)]). Without `contexts`, every code of a stage shares one
+    group: one table per stage (for comparison)."""
     entries = source_files(source)
     if limit is not None:
         entries = entries[:: max(1, len(entries) // limit)][:limit]
@@ -34,7 +35,8 @@ def fit_entropy(
             except NdvqError as error:
                 failures.append((entry.relative, str(error)))
 
-    tables = EntropyModel.fit(codes(), code_groups(codec))
+    groups = code_groups(codec) if contexts else np.zeros((codec.num_codebooks, codec.codebook_size), np.int32)
+    tables = EntropyModel.fit(codes(), groups)
     if len(failures) == len(entries):
         raise NdvqError(f"{source}: no file could be coded (first: {failures[0][1]})")
     return tables, len(entries) - len(failures), failures
