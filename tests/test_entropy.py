@@ -134,3 +134,15 @@ def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech) -> Non
     assert np.array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
     assert main(["compress", str(clip), str(tmp_path / "c.ndvq"), "--model", "tiny", "-b", "8", "--entropy"]) == 1
     assert "has no entropy tables" in capsys.readouterr().err and not (tmp_path / "c.ndvq").exists()
+
+
+def test_version_1_bytes_are_unchanged() -> None:
+    """A bit-packed file as format version 1 has always written it: the same bytes, read the same."""
+    golden = bytes.fromhex(
+        "4e445651010001020304050607803e00004000080200008040803e000001c000000000000000030000000000803e00"
+        "010203040549ab39d5"
+    )
+    header = bitstream.Header(bytes(range(8)), 16000, 64, 8, 2, 4.0, 16000, 1, 64 * 3, 3, (0.25,))
+    assert bitstream.write(header, np.arange(6).reshape(1, 2, 3)) == golden
+    read, codes = bitstream.read(golden)
+    assert read == header and not read.entropy_coded and codes.tolist() == [[[0, 1, 2], [3, 4, 5]]]
