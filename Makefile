@@ -42,8 +42,8 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 test: install check-system-deps
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/ruff format --check src tests benchmarks examples scripts
 	$(BIN)/pytest
 
 benchmark: install

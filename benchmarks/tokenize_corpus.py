@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8.0, help="mean seconds per file")
-    parser.add_argument("--model", default="speech-16k", help="model directory or preset")
+    parser.add_argument("--model", default="speech-16k", help="model directory, shipped model or preset")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps")
     parser.add_argument("--batch-seconds", type=float, default=10.0, help="seconds of audio per shard")
     parser.add_argument("--threads", type=int, default=2, help="threads in all, shared by the workers")

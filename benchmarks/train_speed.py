@@ -1,7 +1,7 @@
 """Training throughput: steps/s and peak RSS for a preset with each quantizer, with and without the
 discriminator, and NDVQ's overhead against RVQ.
 
-    python benchmarks/train_speed.py [--preset speech-16k] [--threads 2] [--steps 12] [--batch-size 8]
+    python benchmarks/train_speed.py [--preset speech-16k-large] [--threads 2] [--steps 12] [--batch-size 8]
 
 Each configuration runs in its own process on crops of the bundled speech clip; the k-means
 initialisation of every stage and two warm-up steps come before the timed steps.
@@ -61,7 +61,7 @@ def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="speech-16k")
+    parser.add_argument("--preset", default="speech-16k-large")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)

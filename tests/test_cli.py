@@ -175,7 +175,7 @@ def test_ndvq_from_another_model(tmp_path, capsys, compressed: Path) -> None:
     "argv, message",
     [
         (["-b", "5"], "unsupported bitrate 5 kbps (this model supports 2, 4, 8)"),
-        (["--model", "nonexistent"], "nonexistent: not a model directory or preset"),
+        (["--model", "nonexistent"], "nonexistent: not a model directory, shipped model or preset"),
     ],
 )
 def test_bad_options(tmp_path, capsys, clip, argv: list[str], message: str) -> None:

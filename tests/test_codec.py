@@ -10,7 +10,7 @@ from ndvq.presets import PRESETS
 # Every bandwidth of every preset: (kbps, stages, nominal kbps), from the spec's rule n_q = floor(kbps / per stage).
 EXPECTED = {
     "paper-24k": {1.0: 1, 1.5: 2, 3.0: 4, 4.5: 6, 6.0: 8, 9.0: 12, 12.0: 16, 16.0: 21, 24.0: 32},
-    "speech-16k": {1.0: 2, 1.5: 3, 3.0: 6, 4.5: 9, 6.0: 12, 9.0: 18, 12.0: 24, 16.0: 32, 24.0: 48},
+    "speech-16k-large": {1.0: 2, 1.5: 3, 3.0: 6, 4.5: 9, 6.0: 12, 9.0: 18, 12.0: 24, 16.0: 32, 24.0: 48},
     "speech-16k-small": {1.0: 2, 1.5: 3, 3.0: 6, 6.0: 12, 12.0: 24},
     "speech-16k-small-causal": {1.0: 2, 1.5: 3, 3.0: 6, 6.0: 12, 12.0: 24},
     "tiny": {2.0: 1, 4.0: 2, 8.0: 4},
@@ -129,7 +129,7 @@ def _tiny_rest() -> dict:
 
 
 def test_unknown_model_source_is_rejected(tmp_path) -> None:
-    with pytest.raises(NdvqError, match="not a model directory or preset"):
+    with pytest.raises(NdvqError, match="not a model directory, shipped model or preset"):
         Codec.load(tmp_path / "missing")
 
 

@@ -22,7 +22,7 @@ from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
 
 log = logging.getLogger("ndvq")
-DEFAULT_MODEL = "speech-16k"
+DEFAULT_MODEL = "speech-16k"  # the trained model that ships in the package (ndvq.pretrained)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -63,8 +63,9 @@ def _load_model(source: str) -> Codec:
     if source in PRESETS and not Path(source).is_dir():
         log.warning(
             "note: model %r is an untrained preset, so the audio will not sound like the input; "
-            "pass --model DIR with a trained model",
+            "pass --model DIR with a trained model, or the shipped %r",
             source,
+            DEFAULT_MODEL,
         )
     return codec
 
@@ -179,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
             )
         if model:
             command.add_argument(
-                "--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})"
+                "--model",
+                default=DEFAULT_MODEL,
+                help=f"model directory, shipped model or preset (default {DEFAULT_MODEL})",
             )
         if name in ("compress", "roundtrip"):
             command.add_argument(
@@ -203,7 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("source", type=Path, help="folder of audio files (recursively) or a manifest (.tsv)")
     tokenize.add_argument("out_dir", type=Path, help="output directory of shards (a re-run resumes)")
     tokenize.add_argument("-b", "--bandwidth", type=float, required=True, help="bitrate in kbps, one of the model's")
-    tokenize.add_argument("--model", default=DEFAULT_MODEL, help=f"model directory or preset (default {DEFAULT_MODEL})")
+    tokenize.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model directory, shipped model or preset (default {DEFAULT_MODEL})"
+    )
     tokenize.add_argument(
         "--batch-seconds",
         type=float,
@@ -219,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, help="model directory to write (default: MODEL itself)")
     fit.add_argument("--limit", type=int, help="only N files, taken at equal steps through the list")
     train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
-    train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k.yaml")
+    train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k-small.yaml")
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. data.train=DIR steps=100")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ndvq import pretrained
 from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
 from ndvq.entropy import EntropyModel
@@ -32,6 +33,10 @@ MODEL_FORMAT = "ndvq-model"
 MODEL_FORMAT_VERSION = 2  # 2: config.json holds the SHA-256 of model.safetensors; 1 (without it) still loads
 DEFAULT_CHUNK_SECONDS = 10.0
 SCALE_PIECE = 1 << 16  # samples that signal_scale sums at a time
+# Storage "float16" (config.json): the floating tensors under these prefixes are stored as float16 and cast to
+# float32 on load; the quantizer's tensors (statistics of the codes) always stay float32.
+HALF_PREFIXES = ("encoder.", "decoder.")
+STORAGES = ("float32", "float16")
 log = logging.getLogger("ndvq")
 
 
@@ -249,17 +254,28 @@ class Codec(nn.Module):
                 digest.update(np.ascontiguousarray(table, "<i4").tobytes())
         return digest.digest()[:8]
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write model.safetensors, then config.json with the weights' SHA-256, each atomically."""
+    def save(self, directory: str | os.PathLike, storage: str = "float32") -> None:
+        """Write model.safetensors, then config.json with the weights' SHA-256, each atomically.
+
+        storage="float16" stores the encoder's and decoder's floating weights as float16 (half the size; loading
+        casts them back to float32, so the loaded model is this one with those weights rounded to float16).
+        """
+        if storage not in STORAGES:
+            raise NdvqError(f"unknown weight storage {storage!r} (storages: {', '.join(STORAGES)})")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = safetensors.torch.save({name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()})
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        if storage == "float16":
+            tensors = {name: _to_storage(name, t) for name, t in tensors.items()}
+        weights = safetensors.torch.save(tensors)
         document = {
             "format": MODEL_FORMAT,
             "version": MODEL_FORMAT_VERSION,
             "config": self.config.to_dict(),
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
         }
+        if storage != "float32":
+            document["storage"] = storage
         files = [(WEIGHTS_FILE, weights)]
         if self.entropy is not None:
             tables = {name: torch.from_numpy(getattr(self.entropy, name)) for name in ("tables", "groups")}
@@ -282,12 +298,30 @@ class Codec(nn.Module):
 
     @classmethod
     def load(cls, source: str | os.PathLike) -> "Codec":
-        """Load a model directory (config.json + model.safetensors) or build a named preset. Never unpickles."""
+        """Load a model directory (config.json + model.safetensors), a shipped trained model by name (ndvq.pretrained,
+        e.g. "speech-16k") or a preset's architecture with untrained weights (ndvq.presets). Never unpickles."""
         path = Path(source)
-        if not path.is_dir():
-            if str(source) in PRESETS:
-                return cls.from_preset(str(source))
-            raise NdvqError(f"{source}: not a model directory or preset (presets: {', '.join(PRESETS)})")
+        if path.is_dir():
+            return cls._load_directory(path)
+        shipped = pretrained.registry()
+        if str(source) in shipped:
+            codec = cls._load_directory(pretrained.directory(str(source)))
+            recorded = shipped[str(source)].get("identity")
+            if codec.identity().hex() != recorded:
+                raise NdvqError(
+                    f"{pretrained.REGISTRY}: shipped model {str(source)!r} has fingerprint {codec.identity().hex()}, "
+                    f"not the recorded {recorded} (reinstall ndvq, or ship it again with scripts/ship_model.py)"
+                )
+            return codec
+        if str(source) in PRESETS:
+            return cls.from_preset(str(source))
+        raise NdvqError(
+            f"{source}: not a model directory, shipped model or preset "
+            f"(shipped: {', '.join(shipped) or 'none'}; presets: {', '.join(PRESETS)})"
+        )
+
+    @classmethod
+    def _load_directory(cls, path: Path) -> "Codec":
         try:
             document = json.loads((path / CONFIG_FILE).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -297,8 +331,13 @@ class Codec(nn.Module):
         version = document.get("version")
         if version not in (1, MODEL_FORMAT_VERSION):
             raise NdvqError(f"{path / CONFIG_FILE}: unsupported model format version {version}")
+        storage = document.get("storage", "float32")
+        if storage not in STORAGES:
+            raise NdvqError(f"{path / CONFIG_FILE}: unknown weight storage {storage!r} ({', '.join(STORAGES)})")
         codec = cls(CodecConfig.from_dict(document.get("config"), str(path / CONFIG_FILE)))
         weights = _read_weights(path, document)
+        if storage == "float16":  # stored tensors that _to_storage halves, back to float32
+            weights = {n: _from_storage(n, t) for n, t in weights.items()}
         expected = codec.state_dict()
         problems = sorted(set(expected) ^ set(weights))
         problems += [n for n in expected if n in weights and _kind(weights[n]) != _kind(expected[n])]
@@ -346,6 +385,16 @@ def _read_weights(directory: Path, document: dict) -> dict[str, torch.Tensor]:
         return safetensors.torch.load(data)
     except SafetensorError as error:
         raise NdvqError(f"{path}: cannot read weights ({error})") from None
+
+
+def _to_storage(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor as storage "float16" holds it: float32 encoder/decoder weights as float16, the rest as is."""
+    return tensor.half() if name.startswith(HALF_PREFIXES) and tensor.dtype == torch.float32 else tensor
+
+
+def _from_storage(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The inverse of _to_storage: float16 encoder/decoder weights as float32 (exactly their values)."""
+    return tensor.float() if name.startswith(HALF_PREFIXES) and tensor.dtype == torch.float16 else tensor
 
 
 def _kind(tensor: torch.Tensor) -> tuple[torch.Size, torch.dtype]:

@@ -2,7 +2,7 @@
 
 Arrays and files take the same path, block by block. A file is read twice (first the RMS scale, then
 the codes) and decoded straight into the output file, so its waveform is never held whole, only its
-codes (8 bytes per code: 2.9 MB for 10 min at 6 kbps with `speech-16k`).
+codes (8 bytes per code: 2.9 MB for 10 min at 6 kbps with `speech-16k-large`).
 """
 
 from collections.abc import Callable, Iterable, Iterator

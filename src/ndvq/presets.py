@@ -1,4 +1,5 @@
-"""Named codec configurations: plain data."""
+"""Named codec architectures: plain data. `Codec.load(name)` builds one with seeded, untrained weights;
+trained models that ship with the package have names of their own (ndvq.pretrained)."""
 
 from ndvq.config import CodecConfig
 
@@ -6,9 +7,9 @@ PRESETS: dict[str, CodecConfig] = {
     # The paper's model: EnCodec 24 kHz SEANet, non-causal, 32 x 1024 NDVQ, 75 Hz frames, 0.75 kbps per stage.
     "paper-24k": CodecConfig(),
     # The same design at 16 kHz for the embedded speech corpus: 50 Hz frames, 0.5 kbps per stage,
-    # 48 stages so that 24 kbps is reached.
-    "speech-16k": CodecConfig(sample_rate=16000, num_codebooks=48),
-    # speech-16k sized for a 2-core CPU: half the channels, one LSTM layer, a 64-dimensional latent,
+    # 48 stages so that 24 kbps is reached. (Called "speech-16k" until a trained model took that name.)
+    "speech-16k-large": CodecConfig(sample_rate=16000, num_codebooks=48),
+    # speech-16k-large sized for a 2-core CPU: half the channels, one LSTM layer, a 64-dimensional latent,
     # 24 stages (up to 12 kbps).
     "speech-16k-small": CodecConfig(
         sample_rate=16000,

@@ -55,7 +55,7 @@ class DiscriminatorConfig:
 
 @dataclass
 class TrainConfig:
-    model: str = "speech-16k"  # preset the codec starts from
+    model: str = "speech-16k-large"  # preset (architecture) the codec starts from
     quantizer: str = "ndvq"  # "ndvq" or "rvq": the one switch of an A/B run
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
     init_from: str = ""  # a model directory (`ndvq export`) of the same architecture to start from
