@@ -1,0 +1,131 @@
+"""The trained model that ships in the package: loads by name, is what the registry says, codes speech."""
+
+import json
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import ndvq
+from ndvq import Codec, NdvqError, pretrained
+from ndvq.cli import DEFAULT_MODEL
+from ndvq.eval.metrics import score
+from ndvq.presets import PRESETS
+
+ROOT = Path(__file__).parent.parent
+CLIP = ROOT / "examples" / "speech_en_16k.flac"
+WHEEL_LIMIT = 25_000_000  # bytes
+# Measured with the shipped model (fingerprint ea3316a240ff9407) on the clip's first 5 s at 6 kbps:
+# PESQ-wb 1.035, STOI 0.308, mel distance 1.070. The untrained speech-16k-small preset scores PESQ-wb 1.028,
+# STOI 0.479, mel distance 2.373: this early model does not beat it on PESQ-wb or STOI (both floors are
+# 0.05 and 0.1 below the measured values, as asked, and pass for the untrained preset too), so the check
+# that rejects untrained weights is the mel distance (the training loss), kept 0.33 above the measured value.
+PESQ_WB_FLOOR = 0.985
+STOI_FLOOR = 0.21
+MEL_DISTANCE_CEILING = 1.40
+
+
+def quality_failures(codec: Codec) -> list[str]:
+    """Code the clip's first 5 s at 6 kbps through the file format; the checks it fails, empty if none."""
+    wav, rate = sf.read(CLIP, dtype="float32", always_2d=True)
+    wav = wav[: 5 * rate].T.copy()  # [1, T]
+    decoded, decoded_rate = ndvq.decompress(ndvq.compress(codec, wav, rate, 6.0), codec)
+    assert decoded.shape == wav.shape and decoded_rate == rate
+    values = score(wav, decoded, rate, ("pesq_wb", "stoi", "mel_distance")).values
+    checks = {
+        "pesq_wb": values.get("pesq_wb", 0.0) > PESQ_WB_FLOOR,
+        "stoi": values.get("stoi", 0.0) > STOI_FLOOR,
+        "mel_distance": values.get("mel_distance", np.inf) < MEL_DISTANCE_CEILING,
+    }
+    return [f"{name} {values.get(name)}" for name, passed in checks.items() if not passed]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Codec:
+    return Codec.load(DEFAULT_MODEL)
+
+
+def test_the_default_model_is_the_shipped_one_not_a_preset(shipped) -> None:
+    assert DEFAULT_MODEL == "speech-16k" and DEFAULT_MODEL in pretrained.names() and DEFAULT_MODEL not in PRESETS
+    assert shipped.config == PRESETS["speech-16k-small"]
+    assert pretrained.registry()["speech-16k"]["architecture"] == "speech-16k-small"
+
+
+def test_the_shipped_model_is_trained_and_has_the_recorded_fingerprint(shipped) -> None:
+    assert shipped.quantizer.initialised  # NDVQ codebooks are initialised from data on the first training step
+    assert not Codec.from_preset("speech-16k-small").quantizer.initialised
+    assert shipped.identity().hex() == pretrained.registry()["speech-16k"]["identity"]
+    config = json.loads((pretrained.directory("speech-16k") / "config.json").read_text())
+    assert config["storage"] == "float16"
+
+
+def test_the_shipped_model_codes_speech_and_the_untrained_preset_does_not(shipped) -> None:
+    assert quality_failures(shipped) == []
+    assert quality_failures(Codec.from_preset("speech-16k-small"))  # the checks can tell a broken loader
+
+
+def test_a_changed_registry_entry_is_refused_naming_the_file(monkeypatch) -> None:
+    entries = pretrained.registry()
+    entries["speech-16k"] = {**entries["speech-16k"], "identity": "0" * 16}
+    monkeypatch.setattr(pretrained, "registry", lambda *args: entries)
+    with pytest.raises(NdvqError, match=r"models\.json: shipped model 'speech-16k' has fingerprint"):
+        Codec.load("speech-16k")
+
+
+def test_float16_storage_round_trips(tmp_path, tiny) -> None:
+    tiny.save(tmp_path / "half", storage="float16")
+    loaded = Codec.load(tmp_path / "half")
+    for name, tensor in loaded.state_dict().items():
+        original = tiny.state_dict()[name]
+        assert tensor.dtype == original.dtype
+        expected = original.half().float() if name.startswith(("encoder.", "decoder.")) else original
+        assert bool((tensor == expected).all()), name
+    with pytest.raises(NdvqError, match="unknown weight storage"):
+        tiny.save(tmp_path / "other", storage="int8")
+
+
+def test_the_wheel_holds_the_shipped_model_and_loads_it_installed(tmp_path) -> None:
+    source = tmp_path / "source"  # a clean copy, so that the build touches neither build/ nor the egg-info here
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path / "wheel",
+            source,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode and "setuptools" in build.stderr and "No module named" in build.stderr:
+        pytest.skip(f"cannot build a wheel offline here: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "wheel").glob("ndvq-*.whl")
+    assert wheel.stat().st_size <= WHEEL_LIMIT
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("models.json", "speech-16k/config.json", "speech-16k/model.safetensors"):
+        assert f"ndvq/pretrained/{name}" in names
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target, wheel]
+    assert subprocess.run(install, capture_output=True, text=True).returncode == 0
+    program = "import ndvq; codec = ndvq.Codec.load('speech-16k'); print(ndvq.__file__); print(codec.identity().hex())"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    location, identity = result.stdout.split()
+    assert Path(location).is_relative_to(target)
+    assert identity == pretrained.registry()["speech-16k"]["identity"]
