@@ -129,3 +129,15 @@ def test_the_wheel_holds_the_shipped_model_and_loads_it_installed(tmp_path) -> N
     location, identity = result.stdout.split()
     assert Path(location).is_relative_to(target)
     assert identity == pretrained.registry()["speech-16k"]["identity"]
+
+
+def test_the_command_line_notes_untrained_presets_only(tmp_path, capsys, speech) -> None:
+    from ndvq.cli import main
+
+    wav, rate = speech
+    sf.write(tmp_path / "in.wav", wav.T, rate)
+    assert main(["roundtrip", str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "-b", "1.5"]) == 0
+    assert "untrained" not in capsys.readouterr().err  # the default is the shipped model
+    arguments = ["roundtrip", str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "--model", "speech-16k-small"]
+    assert main(arguments) == 0
+    assert "untrained preset" in capsys.readouterr().err
