@@ -141,3 +141,10 @@ def test_the_command_line_notes_untrained_presets_only(tmp_path, capsys, speech)
     arguments = ["roundtrip", str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "--model", "speech-16k-small"]
     assert main(arguments) == 0
     assert "untrained preset" in capsys.readouterr().err
+
+
+def test_a_training_config_naming_the_shipped_model_says_how_to_start_from_it() -> None:
+    from ndvq.train.config import TrainConfig
+
+    with pytest.raises(NdvqError, match="model=speech-16k-small init_from=speech-16k"):
+        TrainConfig(model="speech-16k").codec_config()

@@ -7,6 +7,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ndvq import pretrained
 from ndvq.config import QUANTIZERS, CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
@@ -58,7 +59,7 @@ class TrainConfig:
     model: str = "speech-16k-large"  # preset (architecture) the codec starts from
     quantizer: str = "ndvq"  # "ndvq" or "rvq": the one switch of an A/B run
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
-    init_from: str = ""  # a model directory (`ndvq export`) of the same architecture to start from
+    init_from: str = ""  # a model directory (`ndvq export`) or shipped model of the same architecture to start from
     steps: int = 500_000
     cpu_hours: float = 0.0  # stop (validate and checkpoint) once this process has used this much CPU; 0: no limit
     seed: int = 0
@@ -75,7 +76,14 @@ class TrainConfig:
 
     def codec_config(self) -> CodecConfig:
         if self.model not in PRESETS:
-            raise NdvqError(f"model: unknown preset {self.model!r} (presets: {', '.join(PRESETS)})")
+            shipped = pretrained.registry().get(self.model)
+            hint = (
+                f"; {self.model!r} is a shipped trained model: model={shipped.get('architecture')} "
+                f"init_from={self.model} starts from it"
+                if shipped
+                else ""
+            )
+            raise NdvqError(f"model: unknown preset {self.model!r} (presets: {', '.join(PRESETS)}){hint}")
         values = {**PRESETS[self.model].to_dict(), **self.codec, "quantizer": self.quantizer}
         return CodecConfig.from_dict(values, "codec")
 
