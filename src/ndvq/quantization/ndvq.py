@@ -98,10 +98,22 @@ class NormalCodebook(nn.Module):
         """
         with full_precision(x.device):
             x = x.float()
+            precision_t, scaled_mean_t, constant = self._likelihood_terms()
+            return -0.5 * ((x * x) @ precision_t - 2 * x @ scaled_mean_t + constant)
+
+    def _likelihood_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1 / var [D, K], mu / var [D, K], sum_d mu^2 / var + log var + log 2 pi [K]); kept between calls
+        while the codebook is unchanged and no gradient is wanted (inference, streaming one frame at a time)."""
+        key = (self.codebook.data_ptr(), self.codebook._version)
+        if self.training or torch.is_grad_enabled() or getattr(self, "_terms_key", None) != key:
             mean, log_variance = self.mean.float(), self.log_variance.float()
             precision = torch.exp(-log_variance)
-            squared = (x * x) @ precision.t() - 2 * x @ (mean * precision).t() + (mean * mean * precision).sum(1)
-            return -0.5 * (squared + log_variance.sum(1) + self.dim * math.log(2 * math.pi))
+            constant = (mean * mean * precision).sum(1) + log_variance.sum(1) + self.dim * math.log(2 * math.pi)
+            terms = (precision.t(), (mean * precision).t(), constant)
+            if self.training or torch.is_grad_enabled():
+                return terms
+            self._terms, self._terms_key = tuple(t.contiguous() for t in terms), key
+        return self._terms
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
