@@ -148,6 +148,16 @@ def test_resume_of_a_checkpoint_older_than_a_config_field(tmp_path, corpus) -> N
         Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run", resume=True)
 
 
+def test_resume_compares_the_codec_as_built(tmp_path, corpus) -> None:
+    """A change of the codec, through its overrides or its preset, is refused with the override that undoes
+    it; writing the same codec another way resumes."""
+    Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()
+    with pytest.raises(NdvqError, match=r'codec differs in ndvq_residual .*codec=\{ndvq_residual: "sample"\}'):
+        Trainer(tiny_config(corpus, "steps=4", "codec={ndvq_residual: mean}"), tmp_path / "run", resume=True)
+    same = Trainer(tiny_config(corpus, "steps=4", "codec={ndvq_residual: sample}"), tmp_path / "run", resume=True)
+    assert same.step == 4
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus, monkeypatch) -> None:
     trainer = Trainer(tiny_config(corpus, "checkpoint_every=2"), tmp_path / "run")
     mel = trainer.mel_loss.forward

@@ -1,7 +1,19 @@
 """Named codec architectures: plain data. `Codec.load(name)` builds one with seeded, untrained weights;
 trained models that ship with the package have names of their own (ndvq.pretrained)."""
 
+from dataclasses import replace
+
 from ndvq.config import CodecConfig
+
+SMALL = CodecConfig(
+    sample_rate=16000,
+    n_filters=16,
+    lstm_layers=1,
+    dimension=64,
+    num_codebooks=24,
+    bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
+    ndvq_residual="mean",
+)
 
 PRESETS: dict[str, CodecConfig] = {
     # The paper's model: EnCodec 24 kHz SEANet, non-causal, 32 x 1024 NDVQ, 75 Hz frames, 0.75 kbps per stage.
@@ -10,25 +22,11 @@ PRESETS: dict[str, CodecConfig] = {
     # 48 stages so that 24 kbps is reached. (Called "speech-16k" until a trained model took that name.)
     "speech-16k-large": CodecConfig(sample_rate=16000, num_codebooks=48),
     # speech-16k-large sized for a 2-core CPU: half the channels, one LSTM layer, a 64-dimensional latent,
-    # 24 stages (up to 12 kbps).
-    "speech-16k-small": CodecConfig(
-        sample_rate=16000,
-        n_filters=16,
-        lstm_layers=1,
-        dimension=64,
-        num_codebooks=24,
-        bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
-    ),
+    # 24 stages (up to 12 kbps); NDVQ stages quantize the residual of the means, not of the samples (chosen by
+    # the learning curves in docs/ndvq-that-learns.md: the samples' noise piles up through the stages).
+    "speech-16k-small": SMALL,
     # speech-16k-small that never looks ahead (left padding only): it streams frame by frame (ndvq.stream).
-    "speech-16k-small-causal": CodecConfig(
-        sample_rate=16000,
-        n_filters=16,
-        lstm_layers=1,
-        dimension=64,
-        num_codebooks=24,
-        bandwidths=(1.0, 1.5, 3.0, 6.0, 12.0),
-        causal=True,
-    ),
+    "speech-16k-small-causal": replace(SMALL, causal=True),
     # A model small enough for tests: 250 Hz frames, 256 codes (2 kbps per stage), 4 stages.
     "tiny": CodecConfig(
         sample_rate=16000,

@@ -382,11 +382,21 @@ class Trainer:
         # A field added to TrainConfig after the checkpoint was written counts as its default there.
         saved, current = {**TrainConfig().to_dict(), **state["config"]}, self.config.to_dict()
         changed = sorted(k for k in set(saved) | set(current) if json.dumps(saved.get(k)) != json.dumps(current.get(k)))
-        changed = [k for k in changed if k not in RESUMABLE_CHANGES]
+        changed = [k for k in changed if k not in RESUMABLE_CHANGES and k not in ("model", "codec")]
         if changed:
             raise NdvqError(f"{path}: the config differs from the run's in {', '.join(changed)}; resume with the same")
         if state["world_size"] != self.world:
             raise NdvqError(f"{path}: saved with {state['world_size']} processes, resumed with {self.world}")
+        # The codec the config builds now must be the run's: compared as built, not as written (model and codec
+        # overrides), so that a run whose preset changed since it started resumes with that change undone.
+        model = CodecConfig.from_dict(state["codec_config"], str(path)).to_dict()
+        moved = sorted(k for k, v in self.codec.config.to_dict().items() if json.dumps(v) != json.dumps(model.get(k)))
+        if moved:
+            pinned = ", ".join(f"{k}: {json.dumps(model[k])}" for k in moved)
+            raise NdvqError(
+                f"{path}: the run's codec differs in {', '.join(moved)} (its preset changed?); "
+                f"resume with codec={{{pinned}}}"
+            )
         self.codec.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
