@@ -69,6 +69,24 @@ def test_training_samples_and_eval_returns_means() -> None:
     torch.testing.assert_close(out.quantized, means.permute(0, 2, 1))
 
 
+def test_mean_last_gives_the_decoder_only_the_last_stage_noise() -> None:
+    """With residual "mean", every stage's sampling noise reaches the decoder; with "mean-last", only the
+    last active stage's, which is smaller (what is left after every stage)."""
+    z = torch.randn(4, 8, 400)
+    spread = {}
+    for residual in ("mean", "mean-last"):
+        torch.manual_seed(0)
+        quantizer = ResidualNDVQ(dim=8, num_codebooks=4, codebook_size=16, residual=residual)
+        quantizer.initialise(z)
+        quantizer.train()
+        out = quantizer(z, 4)
+        noise = out.quantized - quantizer.decode(out.codes)  # the training output minus the means
+        spread[residual] = noise.std().item()
+    last = quantizer.codebooks[3].log_variance.exp().sqrt().mean().item()
+    assert spread["mean-last"] == pytest.approx(last, rel=0.2)
+    assert spread["mean-last"] < 0.7 * spread["mean"]
+
+
 @pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
 def test_straight_through_gradient_is_identity(make) -> None:
     quantizer = make(dim=8, num_codebooks=4, codebook_size=16)

@@ -27,7 +27,7 @@ class CodecConfig:
     codebook_dim: int | None = None  # None: the latent dimension, no projection
     ndvq_estimator: str = "ema"  # "ema" (online EM statistics) or "gradient" (the paper's losses)
     ndvq_loss: str = "paper"  # "paper" or "nll", for the "gradient" estimator
-    ndvq_residual: str = "sample"  # the next stage gets what is left after the "sample" or the "mean"
+    ndvq_residual: str = "sample"  # "sample", "mean" or "mean-last": see quantization/residual.py RESIDUALS
     variance_floor: float = 1e-4  # lower bound of the variances in the "nll" variant
     kmeans_iterations: int = 50
     bandwidths: tuple[float, ...] = (1.0, 1.5, 3.0, 4.5, 6.0, 9.0, 12.0, 16.0, 24.0)
@@ -38,7 +38,7 @@ class CodecConfig:
         for name, allowed in (
             ("ndvq_estimator", ("ema", "gradient")),
             ("ndvq_loss", ("paper", "nll")),
-            ("ndvq_residual", ("sample", "mean")),
+            ("ndvq_residual", ("sample", "mean", "mean-last")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

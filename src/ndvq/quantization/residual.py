@@ -5,7 +5,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-RESIDUALS = ("sample", "mean")
+# What the next stage quantizes, and what the decoder gets, in training (q a sample around the code's mean m):
+#   "sample": the residual after q; the decoder gets the sum of the samples (the paper);
+#   "mean": the residual after m; the decoder gets the sum of the samples (every stage's noise adds up);
+#   "mean-last": the residual after m; the decoder gets the sum of the means plus the last stage's noise
+#   only, the uncertainty that remains after every active stage.
+RESIDUALS = ("sample", "mean", "mean-last")
 
 
 class QuantizerOutput(NamedTuple):
@@ -19,9 +24,9 @@ class ResidualQuantizer(nn.Module):
 
     A stage (codebook) maps x [N, d] to (q [N, d] detached, codes [N], losses) in `forward`, and has
     `encode(x) -> codes`, `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
-    the code (NDVQ): `residual` says whether the next stage gets what is left after the sample or after
-    the code's mean. Where the code dimension d differs from the latent
-    dimension, a Linear projection in and out surrounds each stage.
+    the code (NDVQ): `residual` (see RESIDUALS) says whether the next stage gets what is left after the
+    sample or after the code's mean, and which noise the decoder gets. Where the code dimension d differs
+    from the latent dimension, a Linear projection in and out surrounds each stage.
     """
 
     def __init__(self, codebooks: list[nn.Module], dim: int, codebook_dim: int, residual: str = "sample") -> None:
@@ -64,10 +69,13 @@ class ResidualQuantizer(nn.Module):
             q = self.project_out[i](q)
             kept = q if self.residual == "sample" else self.project_out[i](self.codebooks[i].decode(index))
             residual = residual - kept.detach()
-            total = total + q
+            total = total + (kept.detach() if self.residual == "mean-last" else q)
+            noise = q - kept
             codes.append(index)
             for name, value in stage_losses.items():
                 losses[name] = losses.get(name, 0.0) + value / n_q
+        if self.residual == "mean-last":
+            total = total + noise  # the last active stage's sampling noise (zero in eval mode)
         # Straight-through once on the sum: the encoder receives the decoder's gradient unchanged.
         quantized = total + x - x.detach()
         quantized = quantized.reshape(batch, frames, dim).transpose(1, 2)
