@@ -441,18 +441,16 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     if not args.input.exists():
         raise NdvqError(f"{args.input}: no such file or directory")
     codec = _load_model(args.model)
+    if getattr(args, "entropy", False) and codec.entropy is None:  # once, before a directory's first file
+        raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
     if args.command == "compress":
         codec.stages(args.bandwidth)
         jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
-        if args.entropy and codec.entropy is None:
-            raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
         return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress, args.entropy))
     if args.command == "decompress":
         jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
         return _run_jobs(jobs, _decompress_one(codec, progress, args.subtype))
     codec.stages(args.bandwidth)
-    if args.entropy and codec.entropy is None:
-        raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
     jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
     return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype, args.entropy))
 

@@ -14,7 +14,7 @@ the first codes then come out that much later, all at once. `StreamingEncoder.sc
 
 import torch
 
-from ndvq.codec import Codec
+from ndvq.codec import Codec, rms_scale
 from ndvq.errors import NdvqError
 from ndvq.modules.streaming import streaming
 
@@ -79,7 +79,7 @@ class StreamingEncoder:
 
     def _encode(self, length: int) -> torch.Tensor:
         if self.scale is None:
-            self.scale = self._pending.pow(2).mean().sqrt().reshape(1, 1, 1) + 1e-8
+            self.scale = rms_scale(self._pending)
         if not length:
             return self._empty()
         chunk, self._pending = self._pending[..., :length], self._pending[..., length:]
