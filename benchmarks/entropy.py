@@ -19,7 +19,7 @@ import torch
 from ndvq import Codec, bitstream
 from ndvq.compress import encode_file
 from ndvq.entropy_fit import fit_entropy
-from ndvq.tokens import source_files
+from ndvq.tokens import source_files, spread
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
     print(f"{kind} fitted on {files} files of {args.fit} in {time.perf_counter() - start:.0f} s")
     codec.set_entropy(tables)
 
-    entries = source_files(args.measure)
-    entries = entries[:: max(1, len(entries) // args.measure_limit)][: args.measure_limit]  # spread over voices
+    entries = spread(source_files(args.measure), args.measure_limit)
     print(f"measured on {len(entries)} files spread over {args.measure}\n")
     print("| kbps | nominal kbps | entropy-coded kbps | saving | codec encode+decode s | entropy encode+decode s |")
     print("|---|---|---|---|---|---|")

@@ -13,7 +13,7 @@ from ndvq.compress import encode_file
 from ndvq.entropy import GROUPS, EntropyModel, index_groups
 from ndvq.errors import NdvqError
 from ndvq.quantization.kmeans import kmeans, nearest
-from ndvq.tokens import source_files
+from ndvq.tokens import source_files, spread
 
 
 def fit_entropy(
@@ -23,9 +23,7 @@ def fit_entropy(
     or manifest (`limit` of them taken at equal steps through the list, so that every voice counts):
     (tables, files used, [(file, why it was skipped)]). Without `contexts`, every code of a stage shares one
     group: one table per stage (for comparison)."""
-    entries = source_files(source)
-    if limit is not None:
-        entries = entries[:: max(1, len(entries) // limit)][:limit]
+    entries = spread(source_files(source), limit)
     failures: list[tuple[str, str]] = []
 
     def codes() -> Iterator[np.ndarray]:

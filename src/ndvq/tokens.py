@@ -110,6 +110,11 @@ def source_files(source: str | os.PathLike) -> list[Entry]:
     return entries
 
 
+def spread(entries: list[Entry], count: int | None) -> list[Entry]:
+    """`count` entries taken at equal steps through the list (all of them for None), so every voice counts."""
+    return entries if count is None else entries[:: max(1, len(entries) // count)][:count]
+
+
 def plan(entries: list[Entry], batch_seconds: float) -> list[list[Entry]]:
     """Consecutive files in shards: a shard closes as soon as its files reach batch_seconds of audio."""
     if not batch_seconds > 0:
