@@ -59,6 +59,22 @@ def test_round_trip_is_bit_exact_and_pays_on_structured_codes(shape: tuple[int, 
         assert abs(len(payload) * 8 - tables.bits(codes).sum()) < 0.01 * len(payload) * 8 + 64
 
 
+def test_stages_the_tables_cannot_predict_cost_no_more_than_bit_packing() -> None:
+    """Stage 1 structured, stages 2-3 uniform noise: fitted contexts would overfit the noise and cost more
+    than 10 bits per code on new codes; the held-out choice falls back to plain 10 bits for those stages."""
+    rng = np.random.default_rng(3)
+
+    def codes(frames: int) -> np.ndarray:
+        out = rng.integers(0, 1024, (1, 3, frames))
+        out[:, 0] = structured(rng, (1, 1, frames), 1024)[:, 0]
+        return out
+
+    tables = EntropyModel.fit([codes(3000) for _ in range(4)], index_groups(3, 1024))
+    bits = tables.bits(fresh := codes(5000)) / fresh.shape[2]
+    assert bits[0] < 8.0 and np.allclose(bits[1:], 10.0)
+    assert np.array_equal(tables.decode(tables.encode(fresh), 1, 3, 5000), fresh)
+
+
 def test_uniform_random_codes_round_trip(fitted: Codec) -> None:
     codes = np.random.default_rng(5).integers(0, 256, (2, 4, 300))
     payload = fitted.entropy.encode(codes)

@@ -5,7 +5,8 @@ The model codes each code from a frequency table chosen by a context:
   - stage 1, frame t > 0: the group of stage 1's code at frame t - 1 (speech changes slowly);
   - stage s > 1: the group of stage s - 1's code at the same frame (what the residual depends on).
 Groups (`groups[s]`, `GROUPS` of them) gather codes with nearby codebook vectors, so a table per group
-can be estimated from little data. A channel's stages are coded in order: stage 1 frame by frame (its
+can be estimated from little data. A stage whose contexts do not predict held-out codes falls back to one
+table, or to uniform tables (exactly bit-packing's cost). A channel's stages are coded in order: stage 1 frame by frame (its
 context is its own previous code), the others over all frames at once.
 
 Every probability is an integer out of TOTAL = 2**PRECISION. constriction receives them as float64
@@ -28,6 +29,8 @@ MIN_OTHERS = TOTAL // 128
 MAX_SYMBOLS_PER_BYTE = 800
 UNIFORM_SHARE = 1 / 64
 BACKOFF = 128.0  # frames' worth of a stage's overall frequencies added to each of its context's counts
+HOLDOUT_EVERY = 5  # fit: one block in 5 is held out to choose each stage's model
+HOLDOUT_BLOCK = 250  # frames per block (5 s at 50 Hz): held-out frames come in stretches, as new files do
 BLOCK_FRAMES = 2048  # frames whose probability rows are built at a time when encoding
 CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol
 
@@ -148,14 +151,35 @@ class EntropyModel:
         """Tables from training codes, each [C, n_q, frames] with n_q <= stages, for the code groups
         [stages, K] (for example from the codebook vectors; `index_groups` without them). Each context's
         counts are smoothed toward its stage's overall frequencies (BACKOFF frames' worth), those toward
-        uniform (Krichevsky-Trofimov); stages never seen keep uniform tables."""
+        uniform (Krichevsky-Trofimov); stages never seen keep uniform tables.
+
+        Each stage keeps whichever of three models codes held-out frames (every HOLDOUT_EVERY-th block of
+        HOLDOUT_BLOCK frames) in the fewest bits: context tables, one table for the stage, or uniform (plain
+        log2 K bits): a stage whose codes the tables cannot predict never costs more than bit-packing."""
         stages, size = groups.shape
-        counts = np.zeros((stages, GROUPS + 1, size))
-        model = cls(frequencies(counts + 1), groups.astype(np.int32))
+        groups = groups.astype(np.int32)
+        counts = np.zeros((2, stages, GROUPS + 1, size))  # [fitting, held-out]
+        model, seen = cls(frequencies(counts[0] + 1), groups), 0
         for item in codes:
             for c in range(item.shape[0]):
+                frames = item.shape[2]
+                held_out = (seen + np.arange(frames)) // HOLDOUT_BLOCK % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+                seen += frames
                 for s in range(item.shape[1]):
-                    np.add.at(counts[s], (model.contexts(item[c], s), item[c, s]), 1)
-        overall = counts.sum(axis=1, keepdims=True) + 0.5
-        smoothed = counts + BACKOFF * overall / overall.sum(axis=-1, keepdims=True)
-        return cls(frequencies(smoothed), groups.astype(np.int32))
+                    np.add.at(counts, (held_out.astype(np.int64), s, model.contexts(item[c], s), item[c, s]), 1)
+        candidates = _candidates(counts[0])
+        held_out_bits = [(counts[1] * (PRECISION - np.log2(tables))).sum(axis=(1, 2)) for tables in candidates]
+        choice = np.argmin(np.stack(held_out_bits), axis=0)  # [stages]; ties (no held-out frames) keep contexts
+        final = np.stack(_candidates(counts.sum(axis=0)))
+        return cls(final[choice, np.arange(stages)], groups)
+
+
+def _candidates(counts: np.ndarray) -> list[np.ndarray]:
+    """Counts [stages, GROUPS + 1, K] -> the tables of each stage's three models, each [stages, GROUPS + 1, K]:
+    contexts (smoothed toward the stage's frequencies), the stage's frequencies alone, uniform."""
+    overall = counts.sum(axis=1, keepdims=True) + 0.5
+    stage_frequencies = overall / overall.sum(axis=-1, keepdims=True)
+    contexts = frequencies(counts + BACKOFF * stage_frequencies)
+    single = np.broadcast_to(frequencies(overall), counts.shape)
+    uniform = frequencies(np.zeros(counts.shape))
+    return [contexts, np.ascontiguousarray(single), uniform]
