@@ -14,6 +14,10 @@ the lowest and the highest bitrate present) and the eval-mode usage of stage 1 i
 table on stdout has, per run, one row per validation step: step, CPU hours, mel distance at every
 bitrate, PESQ-wb and STOI at the middle bitrate, stage-1 eval usage in bits.
 
+A run warm-started (`init_from`) from another run's export counts its CPU hours from 0: `--start-hours`
+(once per run, like --label) adds the hours of the run it started from, so both share one axis;
+`--from-hours` plots only what comes after that many hours (to see forks side by side).
+
 The files are only read, so runs still being written to can be plotted; an incomplete last line is
 skipped.
 """
@@ -55,7 +59,7 @@ class Run:
         return sorted(found, key=float)
 
 
-def read_run(path: Path, label: str) -> Run:
+def read_run(path: Path, label: str, start_hours: float = 0.0) -> Run:
     metrics_file = path / "metrics.jsonl"
     if not metrics_file.is_file():
         raise SystemExit(f"error: {metrics_file} not found")
@@ -76,7 +80,7 @@ def read_run(path: Path, label: str) -> Run:
         if valid:
             run.points.append(ValidPoint(step=int(record["step"]), cpu_hours=cpu_hours, metrics=valid))
         elif isinstance(record.get("cpu_hours"), (int, float)):
-            cpu_hours = float(record["cpu_hours"])
+            cpu_hours = start_hours + float(record["cpu_hours"])
     return run
 
 
@@ -110,18 +114,18 @@ def markdown(runs: Sequence[Run]) -> str:
     return "\n".join(out)
 
 
-def series(run: Run, key: str) -> tuple[list[float], list[float]]:
+def series(run: Run, key: str, from_hours: float = 0.0) -> tuple[list[float], list[float]]:
     xs: list[float] = []
     ys: list[float] = []
     for p in run.points:
         value = p.metrics.get(key)
-        if p.cpu_hours is not None and value is not None and not math.isnan(value):
+        if p.cpu_hours is not None and p.cpu_hours >= from_hours and value is not None and not math.isnan(value):
             xs.append(p.cpu_hours)
             ys.append(value)
     return xs, ys
 
 
-def plot(runs: Sequence[Run], out: Path) -> None:
+def plot(runs: Sequence[Run], out: Path, from_hours: float = 0.0) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     panels = [
         (axes[0, 0], "mel_distance", "valid mel distance (lower is better)"),
@@ -135,10 +139,10 @@ def plot(runs: Sequence[Run], out: Path) -> None:
         ends = sorted({kbps[0], kbps[-1]}, key=float) if kbps else []
         for ax, metric, _ in panels:
             for k in ends:
-                xs, ys = series(run, f"valid/{metric}_{k}kbps")
+                xs, ys = series(run, f"valid/{metric}_{k}kbps", from_hours)
                 style = "-" if k == ends[0] else "--"
                 ax.plot(xs, ys, style, marker="o", markersize=3, color=color, label=f"{run.label} {k} kbps")
-        xs, ys = series(run, USAGE_KEY)
+        xs, ys = series(run, USAGE_KEY, from_hours)
         axes[1, 1].plot(xs, ys, "-", marker="o", markersize=3, color=color, label=run.label)
     for ax, _, title in panels:
         ax.set_title(title)
@@ -162,13 +166,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--label", action="append", default=[], help="name of a run, once per run in the same order (default: dir)"
     )
+    parser.add_argument(
+        "--start-hours", action="append", type=float, default=[], help="CPU hours before the run, once per run"
+    )
+    parser.add_argument("--from-hours", type=float, default=0.0, help="plot only from this many CPU hours on")
     parser.add_argument("--out", type=Path, default=Path("docs/learning-curves.png"), help="PNG to write")
     args = parser.parse_args(argv)
-    if args.label and len(args.label) != len(args.runs):
-        parser.error(f"{len(args.label)} --label for {len(args.runs)} runs: give one per run or none")
+    for name, given in (("--label", args.label), ("--start-hours", args.start_hours)):
+        if given and len(given) != len(args.runs):
+            parser.error(f"{len(given)} {name} for {len(args.runs)} runs: give one per run or none")
     labels = args.label or [path.resolve().name for path in args.runs]
-    runs = [read_run(path, label) for path, label in zip(args.runs, labels, strict=True)]
-    plot(runs, args.out)
+    starts = args.start_hours or [0.0] * len(args.runs)
+    runs = [read_run(path, label, start) for path, label, start in zip(args.runs, labels, starts, strict=True)]
+    plot(runs, args.out, args.from_hours)
     print(markdown(runs))
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -85,6 +85,18 @@ def test_identity_changes_with_weights(tiny: Codec) -> None:
     assert other.identity() != tiny.identity()
 
 
+def test_identity_follows_weights_changed_in_place() -> None:
+    """identity() reuses its last digest; a training step or a load must still change it."""
+    codec, reference = Codec.from_preset("tiny"), Codec.from_preset("tiny")
+    before = codec.identity()
+    with torch.no_grad():
+        next(codec.decoder.parameters()).add_(1e-3)  # what an optimiser step does
+    changed = codec.identity()
+    assert changed != before
+    codec.load_state_dict(reference.state_dict())
+    assert codec.identity() == before == reference.identity()
+
+
 @pytest.mark.parametrize(
     "break_model, message",
     [

@@ -242,17 +242,26 @@ class Codec(nn.Module):
     def identity(self, entropy: bool = False) -> bytes:
         """8-byte fingerprint written into every bitstream: of the config and the weights, and with `entropy`
         (entropy-coded streams) of the entropy tables too, so that fitting tables leaves plain streams valid."""
-        digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        for name, tensor in sorted(self.state_dict().items()):
+        if entropy and self.entropy is None:
+            raise NdvqError("this model has no entropy tables (make them with `ndvq fit-entropy`)")
+        config = json.dumps(self.config.to_dict(), sort_keys=True)
+        state = sorted(self.state_dict().items())
+        # Hashing the weights takes tens of ms: reuse the last digest while no tensor was replaced or changed in
+        # place (torch counts in-place changes in `_version`) and the tables are the same object.
+        key = (config, tuple((name, t.data_ptr(), t._version) for name, t in state), entropy)
+        cached = getattr(self, "_identity_cache", None)
+        if cached is not None and cached[0] == key and (not entropy or cached[1] is self.entropy):
+            return cached[2]
+        digest = hashlib.sha256(config.encode())
+        for name, tensor in state:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         if entropy:
-            if self.entropy is None:
-                raise NdvqError("this model has no entropy tables (make them with `ndvq fit-entropy`)")
             for name, table in (("entropy.tables", self.entropy.tables), ("entropy.groups", self.entropy.groups)):
                 digest.update(name.encode())
                 digest.update(np.ascontiguousarray(table, "<i4").tobytes())
-        return digest.digest()[:8]
+        self._identity_cache = (key, self.entropy, digest.digest()[:8])
+        return self._identity_cache[2]
 
     def save(self, directory: str | os.PathLike, storage: str = "float32") -> None:
         """Write model.safetensors, then config.json with the weights' SHA-256, each atomically.
