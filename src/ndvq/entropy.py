@@ -6,8 +6,8 @@ The model codes each code from a frequency table chosen by a context:
   - stage s > 1: the group of stage s - 1's code at the same frame (what the residual depends on).
 Groups (`groups[s]`, `GROUPS` of them) gather codes with nearby codebook vectors, so a table per group
 can be estimated from little data. A stage whose contexts do not predict held-out codes falls back to one
-table, or to uniform tables (exactly bit-packing's cost). A channel's stages are coded in order: stage 1 frame by frame (its
-context is its own previous code), the others over all frames at once.
+table, or to uniform tables (exactly bit-packing's cost). A channel's stages are coded in order: stage 1
+frame by frame (its context is its own previous code), the others over all frames at once.
 
 Every probability is an integer out of TOTAL = 2**PRECISION. constriction receives them as float64
 ratios, which are exact, so the same integers give the same bits on every platform and device: no
