@@ -70,6 +70,15 @@ def test_eval_table_csv_json_and_cache(tmp_path, references, capsys) -> None:
     assert next(e for e in again if e["codec"] == "nd")["si_sdr"] == 99.0
     assert cached != (tmp_path / "out" / "summary.json").read_text()
 
+    # Other weights under the same label, or a metric not cached: those rows are redone, not reused.
+    argv[argv.index(f"nd={ndvq}")] = f"nd={rvq}"
+    argv.insert(argv.index("si_sdr") + 1, "stft_distance")
+    assert main(argv) == 0
+    redone = json.loads((tmp_path / "out" / "summary.json").read_text())["summary"]
+    scores = {(e["codec"], e["bitrate"]): (e["si_sdr"], e["stft_distance"]) for e in redone}
+    assert scores["nd", "2"] == scores["rv", "2"] and scores["nd", "8"] == scores["rv", "8"]
+    assert all(e["stft_distance"] is not None for e in redone)
+
 
 def test_usage_statistics_on_hand_made_codes() -> None:
     counts = torch.zeros(2, 8, dtype=torch.long)

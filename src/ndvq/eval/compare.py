@@ -1,7 +1,8 @@
 """`ndvq eval`: code reference audio with several codecs at several bitrates and score every pair.
 
 Each (codec, bitrate, file) result is cached as JSON under RESULTS/cache, so an interrupted evaluation
-resumes where it stopped. Outputs: summary.md, summary.csv, summary.json, per_utterance.csv.
+resumes where it stopped; a cached result is redone if the model's weights (its fingerprint) changed or a
+metric asked for is missing. Outputs: summary.md, summary.csv, summary.json, per_utterance.csv.
 """
 
 import csv
@@ -77,6 +78,7 @@ def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> di
     seconds = wav.shape[1] / rate
     row = {
         "codec": label,
+        "system": system.identity,
         "bitrate": bitrate,
         "nominal_kbps": system.kbps(bitrate),
         "file": path,
@@ -105,8 +107,10 @@ def evaluate(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise NdvqError(f"unknown metrics {unknown} (metrics: {', '.join(METRICS)})")
+    identities = {}
     for spec in specs:  # fail early, in one line, on a missing tool or a bad model or bitrate
         system = spec.build()
+        identities[spec.label] = system.identity
         for bitrate in spec.bitrates:
             if spec.kind == "ndvq":
                 system.codec.stages(float(bitrate))
@@ -118,8 +122,13 @@ def evaluate(
             for index, path in enumerate(files):
                 cache = out_dir / "cache" / spec.label / bitrate / f"{_key(path)}.json"
                 if cache.is_file():
-                    rows.append(json.loads(cache.read_text()))
-                    continue
+                    row = json.loads(cache.read_text())
+                    # Reused only if made by the same weights with every metric asked for (failed ones included).
+                    if row.get("system", "") == identities[spec.label] and all(
+                        m in row or m in row["errors"] for m in metrics
+                    ):
+                        rows.append(row)
+                        continue
                 example = None
                 if index < examples:
                     example = str(out_dir / "examples" / spec.label / bitrate / f"{_key(path)}.flac")

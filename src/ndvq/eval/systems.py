@@ -34,6 +34,7 @@ class NdvqSystem:
     def __init__(self, label: str, model: str) -> None:
         self.label, self.model = label, model
         self.codec = Codec.load(model)
+        self.identity = self.codec.identity().hex()  # results cached for other weights are not this model's
 
     def kbps(self, bitrate: str) -> float:
         return float(bitrate)
@@ -54,6 +55,7 @@ class OpusSystem:
     """Opus (libopus via opusenc/opusdec), VBR at a target bitrate in kbps, in an Ogg container."""
 
     label = "opus"
+    identity = ""
 
     def __init__(self) -> None:
         if not (shutil.which("opusenc") and shutil.which("opusdec")):
@@ -76,6 +78,7 @@ class Codec2System:
     """Codec2 (c2enc/c2dec), 8 kHz mono; the input is mixed down and resampled there and back."""
 
     label = "codec2"
+    identity = ""
 
     def __init__(self) -> None:
         if not (shutil.which("c2enc") and shutil.which("c2dec")):
