@@ -73,11 +73,10 @@ def main() -> None:
     for stage, row in enumerate(rows, 1):
         print(f"| {stage} | " + " | ".join(f"{row[n]:.2f}" if n in row else "" for n in names) + " |")
     best = np.array([min(row.values()) for row in rows])
+    print()
     for bandwidth in (1.5, 3.0, 6.0):
-        n_q = codec.stages(bandwidth)
-        print(
-            f"\nbest context per stage at {bandwidth:g} kbps: {1 - best[:n_q].sum() / (n_q * nominal):.1%} fewer bits"
-        )
+        saving = 1 - best[: codec.stages(bandwidth)].sum() / (codec.stages(bandwidth) * nominal)
+        print(f"best context per stage at {bandwidth:g} kbps: {saving:.1%} fewer bits")
 
 
 if __name__ == "__main__":
