@@ -247,11 +247,15 @@ class Codec(nn.Module):
         config = json.dumps(self.config.to_dict(), sort_keys=True)
         state = sorted(self.state_dict().items())
         # Hashing the weights takes tens of ms: reuse the last digest while no tensor was replaced or changed in
-        # place (torch counts in-place changes in `_version`) and the tables are the same object.
-        key = (config, tuple((name, t.data_ptr(), t._version) for name, t in state), entropy)
+        # place (torch counts in-place changes in `_version`; changes made through `.data` are not seen) and the
+        # tables are the same object. The cache holds the tensors, so no new tensor can take a cached address.
+        try:
+            key = (config, tuple((name, t.data_ptr(), t._version, t.dtype, t.shape) for name, t in state), entropy)
+        except RuntimeError:  # tensors made under torch.inference_mode() have no version counter: no caching
+            key = None
         cached = getattr(self, "_identity_cache", None)
-        if cached is not None and cached[0] == key and (not entropy or cached[1] is self.entropy):
-            return cached[2]
+        if key is not None and cached is not None and cached[0] == key and (not entropy or cached[1] is self.entropy):
+            return cached[3]
         digest = hashlib.sha256(config.encode())
         for name, tensor in state:
             digest.update(name.encode())
@@ -260,8 +264,8 @@ class Codec(nn.Module):
             for name, table in (("entropy.tables", self.entropy.tables), ("entropy.groups", self.entropy.groups)):
                 digest.update(name.encode())
                 digest.update(np.ascontiguousarray(table, "<i4").tobytes())
-        self._identity_cache = (key, self.entropy, digest.digest()[:8])
-        return self._identity_cache[2]
+        self._identity_cache = (key, self.entropy, [t for _, t in state], digest.digest()[:8])
+        return digest.digest()[:8]
 
     def save(self, directory: str | os.PathLike, storage: str = "float32") -> None:
         """Write model.safetensors, then config.json with the weights' SHA-256, each atomically.
