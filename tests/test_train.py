@@ -156,6 +156,11 @@ def test_resume_compares_the_codec_as_built(tmp_path, corpus) -> None:
         Trainer(tiny_config(corpus, "steps=4", "codec={ndvq_residual: mean}"), tmp_path / "run", resume=True)
     same = Trainer(tiny_config(corpus, "steps=4", "codec={ndvq_residual: sample}"), tmp_path / "run", resume=True)
     assert same.step == 4
+    # An RVQ run does not depend on NDVQ's fields: a preset change of those alone resumes.
+    Trainer(tiny_config(corpus, "steps=4", "quantizer=rvq"), tmp_path / "rvq").fit()
+    moved = tiny_config(corpus, "steps=4", "quantizer=rvq", "codec={ndvq_residual: mean}")
+    rvq = Trainer(moved, tmp_path / "rvq", resume=True)
+    assert rvq.step == 4
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus, monkeypatch) -> None:

@@ -389,8 +389,13 @@ class Trainer:
             raise NdvqError(f"{path}: saved with {state['world_size']} processes, resumed with {self.world}")
         # The codec the config builds now must be the run's: compared as built, not as written (model and codec
         # overrides), so that a run whose preset changed since it started resumes with that change undone.
+        # NDVQ's own fields do not change an RVQ codec.
         model = CodecConfig.from_dict(state["codec_config"], str(path)).to_dict()
-        moved = sorted(k for k, v in self.codec.config.to_dict().items() if json.dumps(v) != json.dumps(model.get(k)))
+        moved = sorted(
+            k
+            for k, v in self.codec.config.to_dict().items()
+            if json.dumps(v) != json.dumps(model.get(k)) and not (model["quantizer"] == "rvq" and k.startswith("ndvq_"))
+        )
         if moved:
             pinned = ", ".join(f"{k}: {json.dumps(model[k])}" for k in moved)
             raise NdvqError(
