@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ndvq import Codec
-from ndvq.entropy import BACKOFF, frequencies
+from ndvq.entropy import PRECISION, context_tables
 from ndvq.entropy_fit import code_groups, corpus_codes
 from ndvq.tokens import source_files, spread
 
@@ -33,18 +33,17 @@ def contexts(codes: np.ndarray, stage: int, fine: np.ndarray, coarse: np.ndarray
 
 def held_out_bits(train: list[np.ndarray], test: list[np.ndarray], stage: int, groups, size: int) -> dict:
     """Bits per code of `stage` on the test codes under each context, tables fitted on the train codes."""
-    fitted, result = {}, {}
+    fitted = {}
     for codes in train:
         for name, context in contexts(codes, stage, *groups).items():
             counts = fitted.setdefault(name, np.zeros((size, size)))
             np.add.at(counts, (context, codes[stage]), 1)
-    for name, counts in fitted.items():
-        overall = counts.sum(axis=0) + 0.5
-        tables = frequencies(counts + BACKOFF * overall / overall.sum())
-        cost = np.log2(tables.sum(axis=1, keepdims=True)) - np.log2(tables)
-        total = sum(cost[contexts(c, stage, *groups)[name], c[stage]].sum() for c in test)
-        result[name] = total / sum(c.shape[1] for c in test)
-    return result
+    cost = {name: PRECISION - np.log2(context_tables(counts)) for name, counts in fitted.items()}
+    total = dict.fromkeys(cost, 0.0)
+    for codes in test:
+        for name, context in contexts(codes, stage, *groups).items():
+            total[name] += cost[name][context, codes[stage]].sum()
+    return {name: bits / sum(c.shape[1] for c in test) for name, bits in total.items()}
 
 
 def main() -> None:

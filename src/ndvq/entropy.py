@@ -174,12 +174,15 @@ class EntropyModel:
         return cls(final[choice, np.arange(stages)], groups)
 
 
+def context_tables(counts: np.ndarray) -> np.ndarray:
+    """Counts [..., contexts, K] -> integer tables [..., contexts, K]: each context's counts smoothed toward
+    the frequencies of all its contexts together (BACKOFF frames' worth), those toward uniform (+0.5)."""
+    overall = counts.sum(axis=-2, keepdims=True) + 0.5
+    return frequencies(counts + BACKOFF * overall / overall.sum(axis=-1, keepdims=True))
+
+
 def _candidates(counts: np.ndarray) -> list[np.ndarray]:
     """Counts [stages, GROUPS + 1, K] -> the tables of each stage's three models, each [stages, GROUPS + 1, K]:
-    contexts (smoothed toward the stage's frequencies), the stage's frequencies alone, uniform."""
-    overall = counts.sum(axis=1, keepdims=True) + 0.5
-    stage_frequencies = overall / overall.sum(axis=-1, keepdims=True)
-    contexts = frequencies(counts + BACKOFF * stage_frequencies)
-    single = np.broadcast_to(frequencies(overall), counts.shape)
-    uniform = frequencies(np.zeros(counts.shape))
-    return [contexts, np.ascontiguousarray(single), uniform]
+    contexts, the stage's frequencies alone, uniform."""
+    single = np.broadcast_to(frequencies(counts.sum(axis=1, keepdims=True) + 0.5), counts.shape)
+    return [context_tables(counts), np.ascontiguousarray(single), frequencies(np.zeros(counts.shape))]
