@@ -1,6 +1,8 @@
 """Entropy-coded bitstreams: integer tables, bit-exact round trips, tables tied to their model."""
 
+import json
 from pathlib import Path
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from ndvq import Codec, NdvqError, bitstream, compress, decompress
 from ndvq.cli import main
 from ndvq.entropy import GROUPS, MIN_OTHERS, TOTAL, EntropyModel, frequencies, index_groups
+from ndvq.entropy_fit import fit_entropy
 
 
 def structured(rng: np.random.Generator, shape: tuple[int, int, int], size: int) -> np.ndarray:
@@ -90,6 +93,64 @@ def test_entropy_coded_file_decodes_to_the_same_audio(fitted: Codec, speech, ban
     assert np.array_equal(decompress(plain, fitted)[0], decompress(coded, fitted)[0])
 
 
+@pytest.fixture(scope="module")
+def rate_fitted(speech) -> Codec:
+    """tiny, its codebooks initialised on the bundled clip's latents, with tables fitted for rate-aware
+    assignment at weight 30 on a second of it."""
+    wav, rate = speech
+    codec = Codec.from_preset("tiny")
+    whole, _ = sf.read(Path(__file__).parent.parent / "examples" / "speech_en_16k.flac", dtype="float32")
+    with torch.no_grad():
+        codec.quantizer.initialise(codec.latent(torch.from_numpy(whole)[None, None])[0])
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(2):
+            sf.write(Path(folder) / f"{i}.wav", wav[:, i * 8000 : (i + 1) * 8000].T, rate)
+        tables, files, _ = fit_entropy(codec, folder, rate_weight=30.0)
+    assert files == 2 and tables.rate_weight == 30.0
+    codec.set_entropy(tables)
+    return codec
+
+
+def test_rate_aware_assignment_trades_bits_for_fidelity(rate_fitted: Codec, speech) -> None:
+    """The higher the weight, the fewer the bits the tables give the codes; weight 0 is plain assignment; the
+    file decodes like any other (the decoder does not change)."""
+    wav, rate = speech
+    codec, entropy = rate_fitted, rate_fitted.entropy
+    plain = bitstream.read(compress(codec, wav, rate, 8.0))[1]
+    bits = []
+    for weight in (0.0, 3.0, 10.0, 300.0):
+        data = compress(codec, wav, rate, 8.0, entropy=True, rate_weight=weight)
+        codes = bitstream.read(data, entropy=entropy)[1]
+        if weight == 0:
+            assert np.array_equal(codes, plain)
+        bits.append(entropy.bits(codes).sum())
+        expected = codec.decode(torch.from_numpy(codes), torch.tensor(bitstream.read(data, entropy=entropy)[0].scales))
+        decoded = decompress(data, codec)[0]
+        assert np.allclose(decoded, expected[0].numpy()[:, : wav.shape[1]], atol=1e-4)
+    assert bits[0] > bits[1] > bits[2] > bits[3]
+    # --entropy without a weight uses the tables' own (30), so the default file is the weight-30 one.
+    assert compress(codec, wav, rate, 8.0, entropy=True) == compress(
+        codec, wav, rate, 8.0, entropy=True, rate_weight=30
+    )
+    with pytest.raises(NdvqError, match="needs the model's entropy tables"):
+        compress(Codec.from_preset("tiny"), wav, rate, 8.0, rate_weight=10.0)
+
+
+def test_rate_weight_is_saved_with_the_tables(tmp_path: Path, rate_fitted: Codec) -> None:
+    rate_fitted.save(tmp_path / "model")
+    assert Codec.load(tmp_path / "model").entropy.rate_weight == 30.0
+    config = tmp_path / "model" / "config.json"
+    document = json.loads(config.read_text())
+    document["entropy_rate_weight"] = "30"
+    config.write_text(json.dumps(document))
+    with pytest.raises(NdvqError, match="entropy_rate_weight must be a number"):
+        Codec.load(tmp_path / "model")
+    document["entropy_rate_weight"] = -1.0
+    config.write_text(json.dumps(document))
+    with pytest.raises(NdvqError, match="not valid entropy tables"):
+        Codec.load(tmp_path / "model")
+
+
 def test_tables_belong_to_their_model(fitted: Codec, speech) -> None:
     wav, rate = speech
     coded, plain = compress(fitted, wav, rate, 8.0, entropy=True), compress(fitted, wav, rate, 8.0)
@@ -115,7 +176,6 @@ def test_tables_are_saved_checked_and_integer_on_disk(tmp_path: Path, fitted: Co
     safetensors.torch.save_file(floats, tmp_path / "model" / "entropy.safetensors")
     config = tmp_path / "model" / "config.json"
     import hashlib
-    import json
 
     document = json.loads(config.read_text())
     document["entropy_sha256"] = hashlib.sha256((tmp_path / "model" / "entropy.safetensors").read_bytes()).hexdigest()
@@ -124,7 +184,7 @@ def test_tables_are_saved_checked_and_integer_on_disk(tmp_path: Path, fitted: Co
         Codec.load(tmp_path / "model")
 
 
-def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech) -> None:
+def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech, rate_fitted: Codec) -> None:
     wav, rate = speech
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -150,6 +210,22 @@ def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech) -> Non
     assert np.array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
     assert main(["compress", str(clip), str(tmp_path / "c.ndvq"), "--model", "tiny", "-b", "8", "--entropy"]) == 1
     assert "has no entropy tables" in capsys.readouterr().err and not (tmp_path / "c.ndvq").exists()
+    compress_args = ["compress", str(clip), str(tmp_path / "d.ndvq"), "-b", "8", "--model", model]
+    assert main([*compress_args, "--rate-weight", "30"]) == 1
+    assert "--rate-weight: only with --entropy" in capsys.readouterr().err
+    assert main([*compress_args, "--entropy", "--rate-weight", "-1"]) == 1
+    assert "must be finite and at least 0" in capsys.readouterr().err and not (tmp_path / "d.ndvq").exists()
+    # Fitted for a weight: compress --entropy uses it, and writes fewer bytes than the most likely codes.
+    rate_fitted.save(tmp_path / "rated")  # codebooks initialised on speech: its codes vary
+    model = str(tmp_path / "rated")
+    compress_args[-1] = model
+    assert main(["fit-entropy", model, str(corpus), "--rate-weight", "100"]) == 0
+    assert json.loads((tmp_path / "rated" / "config.json").read_text())["entropy_rate_weight"] == 100.0
+    assert main([*compress_args, "--entropy"]) == 0
+    assert (
+        main([*compress_args[:2], str(tmp_path / "e.ndvq"), *compress_args[3:], "--entropy", "--rate-weight", "0"]) == 0
+    )
+    assert (tmp_path / "d.ndvq").stat().st_size < (tmp_path / "e.ndvq").stat().st_size
 
 
 def test_version_1_bytes_are_unchanged() -> None:

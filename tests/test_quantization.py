@@ -55,6 +55,35 @@ def test_contract_shapes(make) -> None:
     torch.testing.assert_close(quantizer.decode(quantizer.encode(z, 3)), quantizer(z, 3).quantized)
 
 
+@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
+def test_assignment_bias_is_a_log_prior_on_each_stage(make) -> None:
+    """A zero bias changes nothing; a bias is added to the scores (a log prior: a heavy one wins every frame);
+    each stage after the first is given the codes the stage before chose."""
+    quantizer = make(dim=8, num_codebooks=3, codebook_size=16)
+    z = torch.randn(2, 8, 30)
+    quantizer(z, n_q=3)  # k-means initialisation
+    quantizer.eval()
+    plain = quantizer.encode(z, 3)
+    assert torch.equal(quantizer.encode(z, 3, lambda stage, previous: torch.zeros(16)), plain)
+    seen = []
+
+    def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
+        seen.append(None if previous is None else previous.clone())
+        prior = torch.full((16,), -1e6)
+        prior[5 + stage] = 0.0
+        return prior
+
+    codes = quantizer.encode(z, 3, bias)
+    assert all(torch.all(codes[:, s] == 5 + s) for s in range(3))
+    assert seen[0] is None and torch.all(seen[1] == 5) and torch.all(seen[2] == 6)
+    # A per-frame bias [N, K] decides frame by frame: favour code 3 on the first stage's even frames only.
+    rows = torch.zeros(60, 16)
+    rows[::2, 3] = 1e6
+    first = quantizer.encode(z, 1, lambda stage, previous: rows)
+    frames = first.transpose(1, 2).reshape(-1)
+    assert torch.all(frames[::2] == 3) and torch.equal(frames[1::2], plain[:, :1].transpose(1, 2).reshape(-1)[1::2])
+
+
 def test_training_samples_and_eval_returns_means() -> None:
     quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
     z = torch.randn(2, 8, 50)

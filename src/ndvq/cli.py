@@ -4,6 +4,7 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import logging
+import math
 import os
 from pathlib import Path
 import signal
@@ -82,10 +83,12 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
     )
 
 
-def _compress_one(codec: Codec, bandwidth: float, progress: bool, entropy: bool) -> Callable[[Path, Path], str]:
+def _compress_one(
+    codec: Codec, bandwidth: float, progress: bool, entropy: bool, rate_weight: float | None
+) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
-        data = compress_file(codec, source, target, bandwidth, progress=progress, entropy=entropy)
+        data = compress_file(codec, source, target, bandwidth, progress, entropy, rate_weight)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -102,13 +105,13 @@ def _decompress_one(codec: Codec, progress: bool, subtype: str | None) -> Callab
 
 
 def _roundtrip_one(
-    codec: Codec, bandwidth: float, progress: bool, subtype: str | None, entropy: bool
+    codec: Codec, bandwidth: float, progress: bool, subtype: str | None, entropy: bool, rate_weight: float | None
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
         chosen = subtype or subtype_like(source, target)
         check_output(target, audio=True, subtype=chosen)
-        data = encode_file(codec, source, bandwidth, progress=progress, entropy=entropy)
+        data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
         decode_to_file(codec, data, target, str(source), progress=progress, subtype=chosen)
         return _summary(source, target, data, time.perf_counter() - start)
 
@@ -190,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="entropy-code the codes with the model's tables (format version 2; see ndvq fit-entropy)",
             )
+            command.add_argument(
+                "--rate-weight",
+                type=float,
+                metavar="W",
+                help="with --entropy: rate-aware assignment, log-likelihood + W x log prior "
+                "(default: the weight the tables were fitted for; 0: the most likely codes, identical to plain)",
+            )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
             command.add_argument(
@@ -223,6 +233,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("source", type=Path, help="training audio: a folder (recursively) or a manifest (.tsv)")
     fit.add_argument("--out", type=Path, help="model directory to write (default: MODEL itself)")
     fit.add_argument("--limit", type=int, help="only N files, taken at equal steps through the list")
+    fit.add_argument(
+        "--rate-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="fit for rate-aware assignment at weight W, which compress --entropy then uses (fewer bits, "
+        "slightly different audio; default 0: the most likely codes)",
+    )
     train = commands.add_parser("train", help="Train a codec.", description="Train a codec (under torchrun: DDP).")
     train.add_argument("--config", type=Path, help="YAML training config, e.g. configs/speech-16k-small.yaml")
     train.add_argument("--run-dir", type=Path, required=True, help="where checkpoints and logs go")
@@ -367,7 +385,7 @@ def _fit_entropy(args: argparse.Namespace, progress: bool) -> int:
     if args.limit is not None and args.limit < 1:
         raise NdvqError(f"--limit must be at least 1, got {args.limit}")
     codec = Codec.load(args.model)
-    tables, files, failures = fit_entropy(codec, args.source, args.limit, progress)
+    tables, files, failures = fit_entropy(codec, args.source, args.limit, progress, rate_weight=args.rate_weight)
     for path, reason in failures:
         log.warning("skipped %s: %s", path, reason)
     codec.set_entropy(tables)
@@ -443,16 +461,21 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     codec = _load_model(args.model)
     if getattr(args, "entropy", False) and codec.entropy is None:  # once, before a directory's first file
         raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
+    rate_weight = getattr(args, "rate_weight", None)
+    if rate_weight is not None and not args.entropy:
+        raise NdvqError("--rate-weight: only with --entropy (bit-packed codes cost the same whichever is chosen)")
+    if rate_weight is not None and not (math.isfinite(rate_weight) and rate_weight >= 0):
+        raise NdvqError(f"--rate-weight: must be finite and at least 0, got {rate_weight:g}")
     if args.command == "compress":
         codec.stages(args.bandwidth)
         jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
-        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress, args.entropy))
+        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress, args.entropy, rate_weight))
     if args.command == "decompress":
         jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
         return _run_jobs(jobs, _decompress_one(codec, progress, args.subtype))
     codec.stages(args.bandwidth)
     jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
-    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype, args.entropy))
+    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype, args.entropy, rate_weight))
 
 
 def entry_point() -> None:

@@ -27,6 +27,7 @@ from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
 from ndvq.modules.streaming import streaming
 from ndvq.presets import PRESETS
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
+from ndvq.quantization.residual import StageBias
 
 CONFIG_FILE, WEIGHTS_FILE, ENTROPY_FILE = "config.json", "model.safetensors", "entropy.safetensors"
 MODEL_FORMAT = "ndvq-model"
@@ -165,14 +166,20 @@ class Codec(nn.Module):
 
     # --- inference -------------------------------------------------------------------------------
     def encode(
-        self, wav: torch.Tensor, bandwidth: float, chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS
+        self,
+        wav: torch.Tensor,
+        bandwidth: float,
+        chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+        rate_weight: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, 1, T] -> codes [B, n_q, ceil(T / hop)] (int64) and the RMS scale [B, 1, 1].
 
-        Inputs longer than `chunk_seconds` are encoded chunk by chunk (None: all at once).
+        Inputs longer than `chunk_seconds` are encoded chunk by chunk (None: all at once). A `rate_weight` above
+        0 makes the assignment rate-aware (see encode_blocks).
         """
         scale = signal_scale([wav])
-        return torch.cat(list(self.encode_blocks([wav], bandwidth, scale, chunk_seconds)), dim=-1), scale
+        blocks = self.encode_blocks([wav], bandwidth, scale, chunk_seconds, rate_weight)
+        return torch.cat(list(blocks), dim=-1), scale
 
     def encode_blocks(
         self,
@@ -180,18 +187,24 @@ class Codec(nn.Module):
         bandwidth: float,
         scale: torch.Tensor,
         chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
+        rate_weight: float = 0.0,
     ) -> Iterator[torch.Tensor]:
         """Consecutive blocks [B, 1, n] of one signal -> consecutive codes [B, n_q, frames], in memory that does
         not grow with the signal's length. The signal is divided by `scale` [B, 1, 1] (see signal_scale).
+
+        With `rate_weight` > 0 each stage picks the code maximising log-likelihood + rate_weight x log prior
+        (the entropy tables' probabilities, EntropyModel.log_prior) instead of the likelihood alone: codes the
+        entropy coder makes cheap are preferred, trading a little fidelity for fewer bits. The decoder is the same.
 
         The result does not depend on how the signal is cut into blocks. Do not use the codec for anything
         else while iterating: a causal model keeps streaming state in its layers.
         """
         n_q, hop = self.stages(bandwidth), self.hop_length
+        bias = self._rate_bias(rate_weight) if rate_weight else None
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.quantizer.encode(self.encoder(window), n_q)
+                return self.quantizer.encode(self.encoder(window), n_q, bias)
 
         normalised = (block / scale for block in pad_stream(blocks, hop))
         with self._chunking(self.encoder):
@@ -222,6 +235,22 @@ class Codec(nn.Module):
 
         with self._chunking(self.decoder):
             yield from map_windows(decode_window, [codes], *self._chunk_sizes(chunk_seconds, 1), (self.hop_length, 1))
+
+    def _rate_bias(self, weight: float) -> StageBias:
+        """weight x the entropy tables' log prior of each stage, given the previous stage's codes."""
+        if self.entropy is None:
+            raise NdvqError(
+                "rate-aware assignment needs the model's entropy tables (make them with `ndvq fit-entropy`)"
+            )
+        if not (math.isfinite(weight) and weight >= 0):
+            raise NdvqError(f"the rate weight must be finite and at least 0, got {weight:g}")
+        prior = weight * torch.from_numpy(self.entropy.log_prior()).float()  # [n_q, GROUPS + 1, K]
+        groups = torch.from_numpy(self.entropy.groups).long()
+
+        def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
+            return prior[stage, -1] if previous is None else prior[stage][groups[stage - 1][previous]]
+
+        return bias
 
     def _pad(self, wav: torch.Tensor) -> torch.Tensor:
         return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))
@@ -294,6 +323,8 @@ class Codec(nn.Module):
             tables = {name: torch.from_numpy(getattr(self.entropy, name)) for name in ("tables", "groups")}
             files.append((ENTROPY_FILE, safetensors.torch.save(tables)))
             document["entropy_sha256"] = hashlib.sha256(files[-1][1]).hexdigest()
+            if self.entropy.rate_weight:
+                document["entropy_rate_weight"] = self.entropy.rate_weight
         for name, content in [*files, (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())]:
             (directory / f".{name}.tmp").write_bytes(content)
             os.replace(directory / f".{name}.tmp", directory / name)
@@ -358,12 +389,15 @@ class Codec(nn.Module):
             raise NdvqError(f"{path / WEIGHTS_FILE}: weights do not match the config ({len(problems)} tensors differ)")
         codec.load_state_dict(weights)
         if "entropy_sha256" in document:
-            codec.set_entropy(_read_entropy(path, document["entropy_sha256"]))
+            codec.set_entropy(_read_entropy(path, document["entropy_sha256"], document.get("entropy_rate_weight", 0.0)))
         return codec.eval()
 
 
-def _read_entropy(directory: Path, recorded: object) -> EntropyModel:
-    """directory/entropy.safetensors, checked against the SHA-256 that config.json records for it."""
+def _read_entropy(directory: Path, recorded: object, rate_weight: object) -> EntropyModel:
+    """directory/entropy.safetensors, checked against the SHA-256 that config.json records for it, with the
+    rate weight config.json gives."""
+    if isinstance(rate_weight, bool) or not isinstance(rate_weight, (int, float)):
+        raise NdvqError(f"{directory / CONFIG_FILE}: entropy_rate_weight must be a number, got {rate_weight!r}")
     path = directory / ENTROPY_FILE
     try:
         data = path.read_bytes()
@@ -373,7 +407,7 @@ def _read_entropy(directory: Path, recorded: object) -> EntropyModel:
         raise NdvqError(f"{path}: damaged or replaced entropy tables (their SHA-256 is not the one in {CONFIG_FILE})")
     try:
         tables = safetensors.torch.load(data)
-        return EntropyModel(tables["tables"].numpy(), tables["groups"].numpy())
+        return EntropyModel(tables["tables"].numpy(), tables["groups"].numpy(), float(rate_weight))
     except (SafetensorError, KeyError, ValueError) as error:
         raise NdvqError(f"{path}: not valid entropy tables ({error})") from None
 

@@ -99,11 +99,15 @@ def _encode(
     progress: bool,
     name: str,
     entropy: bool = False,
+    rate_weight: float | None = None,
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
-    (entropy-coded with the model's tables when `entropy`)."""
+    (entropy-coded with the model's tables when `entropy`). `rate_weight` (see Codec.encode_blocks) defaults to
+    the tables' own when entropy-coding, else 0."""
     if entropy and codec.entropy is None:
         raise NdvqError("--entropy: this model has no entropy tables (make them with `ndvq fit-entropy`)")
+    if rate_weight is None:
+        rate_weight = codec.entropy.rate_weight if entropy else 0.0
     if channels > bitstream.MAX_CHANNELS:
         raise NdvqError(f"{name}: {channels} channels, at most {bitstream.MAX_CHANNELS} are supported")
     low, high = bitstream.SAMPLE_RATES
@@ -115,7 +119,7 @@ def _encode(
         raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {bitstream.MAX_SCALE:g})")
     blocks = _with_progress(read(), sample_rate, length / sample_rate, progress)
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
-    codes = torch.cat(list(codec.encode_blocks(model_blocks, bandwidth, scale)), dim=-1)
+    codes = torch.cat(list(codec.encode_blocks(model_blocks, bandwidth, scale, rate_weight=rate_weight)), dim=-1)
     header = bitstream.Header(
         model_id=codec.identity(entropy),
         model_sample_rate=codec.sample_rate,
@@ -134,21 +138,33 @@ def _encode(
 
 
 def compress(
-    codec: Codec, wav: np.ndarray, sample_rate: int, bandwidth: float, progress: bool = False, entropy: bool = False
+    codec: Codec,
+    wav: np.ndarray,
+    sample_rate: int,
+    bandwidth: float,
+    progress: bool = False,
+    entropy: bool = False,
+    rate_weight: float | None = None,
 ) -> bytes:
     """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`,
-    the codes are entropy-coded with the model's tables (format version 2)."""
+    the codes are entropy-coded with the model's tables (format version 2), and assigned with the tables' rate
+    weight unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks)."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
     def read() -> Iterator[np.ndarray]:
         return (wav[:, i : i + step] for i in range(0, wav.shape[1], step))
 
-    return _encode(codec, read, sample_rate, wav.shape[0], bandwidth, progress, "input", entropy)
+    return _encode(codec, read, sample_rate, wav.shape[0], bandwidth, progress, "input", entropy, rate_weight)
 
 
 def encode_file(
-    codec: Codec, source: str | os.PathLike, bandwidth: float, progress: bool = False, entropy: bool = False
+    codec: Codec,
+    source: str | os.PathLike,
+    bandwidth: float,
+    progress: bool = False,
+    entropy: bool = False,
+    rate_weight: float | None = None,
 ) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
 
@@ -158,7 +174,8 @@ def encode_file(
     with open_audio(source) as audio:
         step = _block_frames(audio.samplerate)
         blocks = lambda: audio_blocks(audio, step)  # noqa: E731
-        return _encode(codec, blocks, audio.samplerate, audio.channels, bandwidth, progress, str(source), entropy)
+        name = str(source)
+        return _encode(codec, blocks, audio.samplerate, audio.channels, bandwidth, progress, name, entropy, rate_weight)
 
 
 def compress_file(
@@ -168,10 +185,11 @@ def compress_file(
     bandwidth: float,
     progress: bool = False,
     entropy: bool = False,
+    rate_weight: float | None = None,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
     check_output(target)
-    data = encode_file(codec, source, bandwidth, progress, entropy)
+    data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
     write_bytes(target, data)
     return data
 

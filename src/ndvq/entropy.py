@@ -61,6 +61,8 @@ def index_groups(stages: int, codebook_size: int) -> np.ndarray:
 class EntropyModel:
     tables: np.ndarray  # int32 [n_q, GROUPS + 1, K]: per stage, a table per context group, then "none"
     groups: np.ndarray  # int32 [n_q, K]: the group of each code of each stage, in [0, GROUPS)
+    # Encoder side only: the weight of the log prior in rate-aware assignment (0: most likely code; see log_prior).
+    rate_weight: float = 0.0
 
     def __post_init__(self) -> None:
         tables, groups = self.tables, self.groups
@@ -74,6 +76,8 @@ class EntropyModel:
             raise ValueError(f"no code may have more than {TOTAL - MIN_OTHERS} / {TOTAL}")
         if groups.min() < 0 or groups.max() >= GROUPS:
             raise ValueError(f"groups must lie in [0, {GROUPS})")
+        if not (np.isfinite(self.rate_weight) and self.rate_weight >= 0):
+            raise ValueError(f"the rate weight must be finite and at least 0, got {self.rate_weight}")
 
     @property
     def stages(self) -> int:
@@ -90,6 +94,15 @@ class EntropyModel:
             return self.groups[stage - 1][codes[stage - 1]]
         previous = self.groups[0][codes[0, :-1]] if frames > 1 else np.zeros(0, np.int32)
         return np.concatenate([[GROUPS], previous]).astype(np.int64)
+
+    def log_prior(self) -> np.ndarray:
+        """Natural-log probabilities [n_q, GROUPS + 1, K] for rate-aware assignment, which adds rate_weight x
+        log_prior[s, context] to stage s's log-likelihoods. Stages after the first get their coder's row (the
+        context is the same frame's code of the stage before); stage 1, whose context is its previous frame's
+        code, gets the mean of its context rows in every row (its frames are assigned all at once)."""
+        prior = self.tables.astype(np.float64) / TOTAL
+        prior[0] = prior[0, :GROUPS].mean(axis=0)
+        return np.log(prior)
 
     # --- coding ------------------------------------------------------------------------------------
     def encode(self, codes: np.ndarray) -> bytes:

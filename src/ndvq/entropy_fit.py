@@ -1,6 +1,7 @@
 """Fitting a model's entropy tables on the codes of a training corpus (`ndvq fit-entropy`)."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 import os
 
 import numpy as np
@@ -17,29 +18,53 @@ from ndvq.tokens import Entry, source_files, spread
 
 
 def fit_entropy(
-    codec: Codec, source: str | os.PathLike, limit: int | None = None, progress: bool = False, contexts: bool = True
+    codec: Codec,
+    source: str | os.PathLike,
+    limit: int | None = None,
+    progress: bool = False,
+    contexts: bool = True,
+    rate_weight: float = 0.0,
 ) -> tuple[EntropyModel, int, list[tuple[str, str]]]:
     """Tables fitted on the codes, at the model's highest bitrate (every stage), of the audio files of a folder
     or manifest (`limit` of them taken at equal steps through the list, so that every voice counts):
     (tables, files used, [(file, why it was skipped)]). Without `contexts`, every code of a stage shares one
-    group: one table per stage (for comparison)."""
+    group: one table per stage (for comparison).
+
+    With `rate_weight` > 0, the tables are for rate-aware assignment at that weight (Codec.encode_blocks): fitted
+    on the most likely codes first, then again on the codes assigned with those tables as the prior (the files
+    are coded twice); the result records the weight, which `ndvq compress --entropy` then uses."""
+    if not (np.isfinite(rate_weight) and rate_weight >= 0):
+        raise NdvqError(f"--rate-weight must be finite and at least 0, got {rate_weight:g}")
     entries = spread(source_files(source), limit)
     failures: list[tuple[str, str]] = []
     groups = code_groups(codec) if contexts else np.zeros((codec.num_codebooks, codec.codebook_size), np.int32)
     tables = EntropyModel.fit(corpus_codes(codec, entries, failures, progress), groups)
     if len(failures) == len(entries):
         raise NdvqError(f"{source}: no file could be coded (first: {failures[0][1]})")
-    return tables, len(entries) - len(failures), failures
+    if rate_weight:
+        attached = codec.entropy
+        try:
+            codec.set_entropy(tables)
+            tables = EntropyModel.fit(corpus_codes(codec, entries, [], progress, rate_weight), groups)
+        finally:
+            codec.set_entropy(attached)
+    return replace(tables, rate_weight=float(rate_weight)), len(entries) - len(failures), failures
 
 
 def corpus_codes(
-    codec: Codec, entries: list[Entry], failures: list[tuple[str, str]], progress: bool = False
+    codec: Codec,
+    entries: list[Entry],
+    failures: list[tuple[str, str]],
+    progress: bool = False,
+    rate_weight: float = 0.0,
 ) -> Iterator[np.ndarray]:
-    """The codes [C, n_q, frames] of each file at the model's highest bitrate, as `ndvq compress` makes them;
-    files that cannot be coded are appended to `failures` as (file, why)."""
+    """The codes [C, n_q, frames] of each file at the model's highest bitrate, as `ndvq compress` makes them
+    (rate-aware at `rate_weight` with the model's entropy tables); files that cannot be coded are appended to
+    `failures` as (file, why)."""
     for entry in tqdm(entries, unit="file", disable=not progress, leave=False):
         try:
-            yield bitstream.read(encode_file(codec, entry.path, max(codec.bandwidths)))[1]
+            data = encode_file(codec, entry.path, max(codec.bandwidths), rate_weight=rate_weight)
+            yield bitstream.read(data)[1]
         except NdvqError as error:
             failures.append((entry.relative, str(error)))
 

@@ -60,11 +60,15 @@ def distinct_seeds(x: torch.Tensor, count: int) -> torch.Tensor:
     return seeds
 
 
-def nearest(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the Euclidean nearest centroid [K, D] for each row of x [N, D], computed in float32."""
+def nearest(x: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the Euclidean nearest centroid [K, D] for each row of x [N, D], computed in float32. With a
+    `bias` ([N, K] or [K]), the index maximising -|x - c|^2 / 2 + bias instead (a unit-variance log-likelihood
+    plus, for example, a weighted log prior)."""
     with full_precision(x.device):
         x, centroids = x.float(), centroids.float()
         distance = centroids.pow(2).sum(1) - 2 * x @ centroids.t()  # |x|^2 is the same for every centroid
+        if bias is not None:
+            distance = distance - 2 * bias.float()
     return distance.argmin(dim=1)
 
 

@@ -116,9 +116,11 @@ class NormalCodebook(nn.Module):
         return self._terms
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] -> index of the most likely entry [N]."""
-        return self.log_likelihood(x).argmax(dim=1)
+    def encode(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, D] -> index of the most likely entry [N]; with `bias` [N, K] or [K] (for example a weighted log
+        prior, which makes this a maximum a posteriori choice), of the highest log-likelihood + bias."""
+        scores = self.log_likelihood(x)
+        return (scores if bias is None else scores + bias.float()).argmax(dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [N] -> means [N, D]."""

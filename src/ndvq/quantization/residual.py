@@ -1,5 +1,6 @@
 """The residual stack shared by every quantizer, and the contract they all follow."""
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -12,6 +13,10 @@ from torch import nn
 #   only, the uncertainty that remains after every active stage.
 RESIDUALS = ("sample", "mean", "mean-last")
 
+# An additive term on a stage's assignment scores: (stage index, the previous stage's codes [N] or None) ->
+# [N, K] or [K].
+StageBias = Callable[[int, torch.Tensor | None], torch.Tensor]
+
 
 class QuantizerOutput(NamedTuple):
     quantized: torch.Tensor  # [B, D, T], straight-through: its gradient reaches z unchanged
@@ -23,7 +28,7 @@ class ResidualQuantizer(nn.Module):
     """Quantizes z, then what is left of it, stage after stage.
 
     A stage (codebook) maps x [N, d] to (q [N, d] detached, codes [N], losses) in `forward`, and has
-    `encode(x) -> codes`, `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
+    `encode(x, bias=None) -> codes`, `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
     the code (NDVQ): `residual` (see RESIDUALS) says whether the next stage gets what is left after the
     sample or after the code's mean, and which noise the decoder gets. Where the code dimension d differs
     from the latent dimension, a Linear projection in and out surrounds each stage.
@@ -96,14 +101,19 @@ class ResidualQuantizer(nn.Module):
         return all(bool(codebook.initialised) for codebook in self.codebooks)
 
     @torch.no_grad()
-    def encode(self, z: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """z [B, D, T] -> codes [B, n_q, T] (int64), with the inference-time assignment."""
+    def encode(self, z: torch.Tensor, n_q: int | None = None, bias: StageBias | None = None) -> torch.Tensor:
+        """z [B, D, T] -> codes [B, n_q, T] (int64), with the inference-time assignment.
+
+        `bias(stage, previous)`, given the stage's index and the codes [B * T] the stage before chose (None for
+        the first), returns a term [B * T, K] or [K] added to the stage's assignment scores (log-likelihoods;
+        -|x - e|^2 / 2 for Euclidean codebooks): a weighted log prior makes the assignment rate-aware."""
         n_q = self._stages(n_q)
         batch, dim, frames = z.shape
         residual = z.transpose(1, 2).reshape(-1, dim)
         codes = []
         for i in range(n_q):
-            index = self.codebooks[i].encode(self.project_in[i](residual))
+            extra = None if bias is None else bias(i, codes[-1] if codes else None)
+            index = self.codebooks[i].encode(self.project_in[i](residual), extra)
             residual = residual - self.project_out[i](self.codebooks[i].decode(index))
             codes.append(index)
         return torch.stack(codes, 1).reshape(batch, frames, n_q).transpose(1, 2)

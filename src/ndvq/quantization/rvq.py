@@ -35,9 +35,10 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(size))
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, D] -> index of the nearest entry [N]."""
-        return nearest(x.float(), self.embedding)
+    def encode(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, D] -> index of the nearest entry [N]; with `bias` [N, K] or [K], of the highest
+        -|x - e|^2 / 2 + bias."""
+        return nearest(x.float(), self.embedding, bias)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [N] -> vectors [N, D]."""
