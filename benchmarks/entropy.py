@@ -1,12 +1,15 @@
-"""Entropy coding on real codes: bits actually written against nominal, per bitrate and per stage, and the
-time it adds to the codec's own encode and decode.
+"""Entropy coding on real codes: bits actually written against nominal, per bitrate and per stage, the time it
+adds to the codec's own encode and decode, and, with rate-aware assignment, what it costs in quality.
 
-    python benchmarks/entropy.py --model models/speech-16k-small-ndvq \
-        --fit /root/ndvq-data/demo/train.tsv --measure /root/ndvq-data/demo/test.tsv [--fit-limit 400]
+    python benchmarks/entropy.py --model speech-16k --fit /root/ndvq-data/demo/train.tsv \
+        --measure /root/ndvq-data/demo/test.tsv [--fit-limit 400] [--rate-weight 0 30 50]
 
-The tables are fitted on the codes of --fit-limit --fit files taken at equal steps (as `ndvq fit-entropy` does) and
-measured on --measure-limit files taken at equal steps through the --measure list (use a split with other
-voices). Bits are those of the payload, without the header.
+For each --rate-weight W the tables are fitted as `ndvq fit-entropy --rate-weight W` fits them, on the codes of
+--fit-limit --fit files taken at equal steps, then measured on --measure-limit files taken at equal steps through
+the --measure list (use a split with other voices) through `ndvq.compress(..., entropy=True)`: bits are those of
+the payload, without the header. "time added" is the extra time of the entropy-coded round trip (rate-aware
+assignment included) over the plain one. With W > 0 the decoded audio differs from the plain codec's: mel
+distance and PESQ-wb of both against the input are given (mean over the files).
 """
 
 import argparse
@@ -14,12 +17,27 @@ import platform
 import time
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from ndvq import Codec, bitstream
-from ndvq.compress import encode_file
+from ndvq import Codec, bitstream, compress, decompress
 from ndvq.entropy_fit import fit_entropy
+from ndvq.eval.metrics import score
 from ndvq.tokens import source_files, spread
+
+METRICS = ("mel_distance", "pesq_wb")
+
+
+def timed_round_trip(codec: Codec, wav: np.ndarray, rate: int, bandwidth: float, entropy: bool):
+    """(.ndvq bytes, decoded audio [C, T], seconds for both)."""
+    begin = time.perf_counter()
+    data = compress(codec, wav, rate, bandwidth, entropy=entropy)
+    decoded, _ = decompress(data, codec)
+    return data, decoded, time.perf_counter() - begin
+
+
+def mean_scores(scores: list) -> dict[str, float]:
+    return {name: float(np.mean([s.values[name] for s in scores if name in s.values])) for name in METRICS}
 
 
 def main() -> None:
@@ -30,51 +48,60 @@ def main() -> None:
     parser.add_argument("--fit-limit", type=int, default=400)
     parser.add_argument("--measure-limit", type=int, default=60)
     parser.add_argument("-b", "--bandwidth", type=float, nargs="+", default=[1.5, 3.0, 6.0])
+    parser.add_argument("--rate-weight", type=float, nargs="+", default=[0.0], help="weights to measure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-stage", action="store_true", help="one table per stage, no contexts (comparison)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
-    start = time.perf_counter()
-    tables, files, _ = fit_entropy(codec, args.fit, args.fit_limit, contexts=not args.per_stage)
-    print(f"machine: {platform.machine()}, {args.threads} threads; model {args.model}")
-    kind = "one table per stage" if args.per_stage else "context tables"
-    print(f"{kind} fitted on {files} files of {args.fit} in {time.perf_counter() - start:.0f} s")
-    codec.set_entropy(tables)
-
     entries = spread(source_files(args.measure), args.measure_limit)
-    print(f"measured on {len(entries)} files spread over {args.measure}\n")
-    print("| kbps | nominal kbps | entropy-coded kbps | saving | codec encode+decode s | entropy encode+decode s |")
-    print("|---|---|---|---|---|---|")
-    per_stage = {}
+    audio = [sf.read(entry.path, dtype="float32", always_2d=True) for entry in entries]
+    audio = [(wav.T.copy(), rate) for wav, rate in audio]
+    seconds = sum(wav.shape[0] * wav.shape[1] / rate for wav, rate in audio)
+    kind = "one table per stage" if args.per_stage else "context tables"
+    print(f"machine: {platform.machine()}, {args.threads} threads; model {args.model}; {kind}")
+    print(f"fitted on {args.fit} (--fit-limit {args.fit_limit}); measured on {len(entries)} files of {args.measure}\n")
+
+    timed_round_trip(codec, *audio[0], max(args.bandwidth), False)  # warm-up
+    plain = {}  # bandwidth -> (seconds of the plain round trips, scores)
     for bandwidth in args.bandwidth:
-        seconds = bits = codec_time = entropy_time = 0.0
-        stage_bits = np.zeros(codec.stages(bandwidth))
-        nominal = 0.0
-        for entry in entries:
-            begin = time.perf_counter()
-            header, codes = bitstream.read(encode_file(codec, entry.path, bandwidth))
-            codec.decode(torch.from_numpy(codes), torch.tensor(header.scales).reshape(-1, 1, 1))
-            codec_time += time.perf_counter() - begin
-            begin = time.perf_counter()
-            payload = tables.encode(codes)
-            decoded = tables.decode(payload, *codes.shape)
-            entropy_time += time.perf_counter() - begin
-            assert np.array_equal(decoded, codes)
-            seconds += header.duration * header.channels
-            bits += 8 * len(payload)
-            stage_bits += tables.bits(codes)
-            nominal = header.nominal_bitrate
-        per_stage[bandwidth] = stage_bits / seconds / 1000
-        actual = bits / seconds / 1000
-        print(
-            f"| {bandwidth:g} | {nominal:g} | {actual:.3f} | {100 * (1 - actual / nominal):.1f}% | "
-            f"{codec_time:.1f} | {entropy_time:.2f} ({100 * entropy_time / codec_time:.1f}%) |"
+        runs = [timed_round_trip(codec, wav, rate, bandwidth, False) for wav, rate in audio]
+        quality = [score(wav, decoded, rate, METRICS) for (wav, rate), (_, decoded, _) in zip(audio, runs, strict=True)]
+        plain[bandwidth] = (sum(t for _, _, t in runs), mean_scores(quality))
+
+    print("| weight | kbps | entropy-coded kbps | fewer bits | time added | mel distance (plain) | PESQ-wb (plain) |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for weight in args.rate_weight:
+        start = time.perf_counter()
+        tables, _, _ = fit_entropy(codec, args.fit, args.fit_limit, contexts=not args.per_stage, rate_weight=weight)
+        fit_seconds = time.perf_counter() - start
+        codec.set_entropy(tables)
+        for bandwidth in args.bandwidth:
+            bits, elapsed, quality = 0, 0.0, []
+            stage_bits = np.zeros(codec.stages(bandwidth))
+            for wav, rate in audio:
+                data, decoded, took = timed_round_trip(codec, wav, rate, bandwidth, True)
+                header, codes = bitstream.read(data, entropy=tables)
+                bits += 8 * (len(data) - bitstream.header_size(header.channels, True))
+                stage_bits += tables.bits(codes)
+                elapsed += took
+                if weight:
+                    quality.append(score(wav, decoded, rate, METRICS))
+            plain_seconds, plain_quality = plain[bandwidth]
+            actual, nominal = bits / seconds / 1000, codec.bitrate(codec.stages(bandwidth))
+            coded = mean_scores(quality) if weight else plain_quality
+            print(
+                f"| {weight:g} | {bandwidth:g} | {actual:.3f} | {100 * (1 - actual / nominal):.1f}% | "
+                f"{100 * (elapsed / plain_seconds - 1):.1f}% | {coded['mel_distance']:.3f} "
+                f"({plain_quality['mel_distance']:.3f}) | {coded['pesq_wb']:.3f} ({plain_quality['pesq_wb']:.3f}) |",
+                flush=True,
+            )
+        per_code = ", ".join(f"{b / seconds / codec.frame_rate:.2f}" for b in stage_bits)
+        notes.append(
+            f"weight {weight:g}: fitted in {fit_seconds:.0f} s; bits per code by stage, {bandwidth:g} kbps: {per_code}"
         )
-    top = max(args.bandwidth)
-    frame_rate = codec.frame_rate
-    bits_per_code = ", ".join(f"{b * 1000 / frame_rate:.2f}" for b in per_stage[top])
-    print(f"\nbits per code by stage at {top:g} kbps (nominal {codec.config.bits_per_code}): {bits_per_code}")
+    print("\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

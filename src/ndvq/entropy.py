@@ -160,7 +160,7 @@ class EntropyModel:
 
     # --- fitting -----------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, codes: Iterable[np.ndarray], groups: np.ndarray) -> "EntropyModel":
+    def fit(cls, codes: Iterable[np.ndarray], groups: np.ndarray, select: bool = True) -> "EntropyModel":
         """Tables from training codes, each [C, n_q, frames] with n_q <= stages, for the code groups
         [stages, K] (for example from the codebook vectors; `index_groups` without them). Each context's
         counts are smoothed toward its stage's overall frequencies (BACKOFF frames' worth), those toward
@@ -168,7 +168,8 @@ class EntropyModel:
 
         Each stage keeps whichever of three models codes held-out frames (every HOLDOUT_EVERY-th block of
         HOLDOUT_BLOCK frames) in the fewest bits: context tables, one table for the stage, or uniform (plain
-        log2 K bits): a stage whose codes the tables cannot predict never costs more than bit-packing."""
+        log2 K bits): a stage whose codes the tables cannot predict never costs more than bit-packing. Without
+        `select`, every stage keeps its context tables, fitted on all frames (a prior for rate-aware assignment)."""
         stages, size = groups.shape
         groups = groups.astype(np.int32)
         counts = np.zeros((2, stages, GROUPS + 1, size))  # [fitting, held-out]
@@ -183,6 +184,8 @@ class EntropyModel:
         candidates = _candidates(counts[0])
         held_out_bits = [(counts[1] * (PRECISION - np.log2(tables))).sum(axis=(1, 2)) for tables in candidates]
         choice = np.argmin(np.stack(held_out_bits), axis=0)  # [stages]; ties (no held-out frames) keep contexts
+        if not select:
+            choice[:] = 0
         final = np.stack(_candidates(counts.sum(axis=0)))
         return cls(final[choice, np.arange(stages)], groups)
 

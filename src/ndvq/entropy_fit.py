@@ -32,13 +32,15 @@ def fit_entropy(
 
     With `rate_weight` > 0, the tables are for rate-aware assignment at that weight (Codec.encode_blocks): fitted
     on the most likely codes first, then again on the codes assigned with those tables as the prior (the files
-    are coded twice); the result records the weight, which `ndvq compress --entropy` then uses."""
+    are coded twice; the prior keeps every stage's context tables, even where bit-packing would code the most likely
+    codes as well, since the prior is what makes the codes predictable); the result records the weight, which
+    `ndvq compress --entropy` then uses."""
     if not (np.isfinite(rate_weight) and rate_weight >= 0):
         raise NdvqError(f"--rate-weight must be finite and at least 0, got {rate_weight:g}")
     entries = spread(source_files(source), limit)
     failures: list[tuple[str, str]] = []
     groups = code_groups(codec) if contexts else np.zeros((codec.num_codebooks, codec.codebook_size), np.int32)
-    tables = EntropyModel.fit(corpus_codes(codec, entries, failures, progress), groups)
+    tables = EntropyModel.fit(corpus_codes(codec, entries, failures, progress), groups, select=not rate_weight)
     if len(failures) == len(entries):
         raise NdvqError(f"{source}: no file could be coded (first: {failures[0][1]})")
     if rate_weight:
