@@ -118,3 +118,20 @@ def test_code_changes_rise_as_snr_falls(tmp_path, references) -> None:
         assert not math.isnan(results[label]["latent 0 dB"]["mel_distance_drop"])
     assert (tmp_path / "out" / "robustness.png").is_file()
     assert np.isfinite(results["nd"]["white 0 dB"]["stoi_drop"])
+
+
+def test_entropy_coded_models_are_scored_on_their_actual_bytes(tmp_path, references, capsys) -> None:
+    """--entropy-model: the files are entropy-coded (the tables' rate weight included), so the measured bitrate
+    is what compress --entropy writes; a model without tables is refused on one line."""
+    model = trained_tiny(tmp_path, "ndvq", 1)
+    assert main(["fit-entropy", str(model), str(references), "--rate-weight", "30"]) == 0
+    argv = ["eval", str(references), "--out", str(tmp_path / "out"), "--model", f"plain={model}"]
+    argv += ["--entropy-model", f"coded={model}", "-b", "8", "--metrics", "mel_distance"]
+    assert main(argv) == 0
+    summary = {e["codec"]: e for e in json.loads((tmp_path / "out" / "summary.json").read_text())["summary"]}
+    assert summary["coded"]["measured_kbps"] < 0.9 * summary["plain"]["measured_kbps"]
+    assert summary["coded"]["mel_distance"] != summary["plain"]["mel_distance"]  # rate-aware: other codes
+    capsys.readouterr()
+    argv = ["eval", str(references), "--out", str(tmp_path / "out2"), "--entropy-model", "tiny", "-b", "8"]
+    assert main(argv) == 1
+    assert "no entropy tables" in capsys.readouterr().err

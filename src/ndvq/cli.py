@@ -250,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("references", type=Path, help="folder of audio files or a manifest (.tsv)")
     evaluate.add_argument("--out", type=Path, required=True, help="results directory (also the cache)")
     evaluate.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR", help="an NDVQ/RVQ model")
+    evaluate.add_argument(
+        "--entropy-model",
+        action="append",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="a model with entropy tables, its files entropy-coded (as compress --entropy)",
+    )
     evaluate.add_argument("-b", "--bandwidth", nargs="+", default=["1.5", "3", "6"], help="model bitrates, kbps")
     evaluate.add_argument("--opus", nargs="*", default=[], metavar="KBPS", help="Opus bitrates (opus-tools)")
     evaluate.add_argument("--codec2", nargs="*", default=[], metavar="MODE", help="Codec2 modes, e.g. 3200 700C")
@@ -307,10 +314,10 @@ _EVAL_HELP = (
 )
 
 
-def _model_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(label, model) pairs from --model [LABEL=]DIR."""
+def _model_specs(items: list[str]) -> list[tuple[str, str]]:
+    """(label, model) pairs from --model [LABEL=]DIR arguments."""
     specs = []
-    for item in args.model:
+    for item in items:
         label, sep, model = item.partition("=")
         specs.append((label, model) if sep else (Path(item).name or item, item))
     return specs
@@ -320,7 +327,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ndvq.eval import compare
 
     files = compare.reference_files(args.references, args.limit)
-    models = _model_specs(args)
+    models = _model_specs(args.model)
     if args.usage or args.robustness:
         from ndvq.eval import experiments
 
@@ -330,6 +337,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(run(models, files, args.out, float(args.bandwidth[0])))
         return 0
     specs = [compare.SystemSpec("ndvq", label, tuple(args.bandwidth), model) for label, model in models]
+    for label, model in _model_specs(args.entropy_model):
+        specs.append(compare.SystemSpec("ndvq", label, tuple(args.bandwidth), model, entropy=True))
     if args.opus:
         specs.append(compare.SystemSpec("opus", "opus", tuple(args.opus)))
     if args.codec2:

@@ -28,16 +28,18 @@ from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """What a worker needs to build a codec: kind ("ndvq", "opus", "codec2"), label, model, bitrates."""
+    """What a worker needs to build a codec: kind ("ndvq", "opus", "codec2"), label, model, bitrates, and for
+    NDVQ whether its files are entropy-coded."""
 
     kind: str
     label: str
     bitrates: tuple[str, ...]
     model: str = ""
+    entropy: bool = False
 
     def build(self) -> Any:
         if self.kind == "ndvq":
-            return NdvqSystem(self.label, self.model)
+            return NdvqSystem(self.label, self.model, self.entropy)
         return {"opus": OpusSystem, "codec2": Codec2System}[self.kind]()
 
 

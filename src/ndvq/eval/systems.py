@@ -29,18 +29,22 @@ class Coded:
 
 
 class NdvqSystem:
-    """A model directory (or preset) at its bitrates in kbps."""
+    """A model directory (or preset) at its bitrates in kbps; with `entropy`, its files are entropy-coded with
+    the model's tables (and assigned with their rate weight)."""
 
-    def __init__(self, label: str, model: str) -> None:
-        self.label, self.model = label, model
+    def __init__(self, label: str, model: str, entropy: bool = False) -> None:
+        self.label, self.model, self.entropy = label, model, entropy
         self.codec = Codec.load(model)
-        self.identity = self.codec.identity().hex()  # results cached for other weights are not this model's
+        if entropy and self.codec.entropy is None:
+            raise NdvqError(f"{model}: no entropy tables to evaluate entropy coding with (ndvq fit-entropy)")
+        # Results cached for other weights or tables are not this model's.
+        self.identity = self.codec.identity(entropy).hex()
 
     def kbps(self, bitrate: str) -> float:
         return float(bitrate)
 
     def code(self, wav: np.ndarray, rate: int, bitrate: str) -> Coded:
-        data = compress(self.codec, wav, rate, float(bitrate))
+        data = compress(self.codec, wav, rate, float(bitrate), entropy=self.entropy)
         decoded, _ = decompress(data, self.codec)
         return Coded(decoded, len(data))
 
