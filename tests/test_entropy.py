@@ -116,7 +116,7 @@ def test_rate_aware_assignment_trades_bits_for_fidelity(rate_fitted: Codec, spee
     file decodes like any other (the decoder does not change)."""
     wav, rate = speech
     codec, entropy = rate_fitted, rate_fitted.entropy
-    plain = bitstream.read(compress(codec, wav, rate, 8.0))[1]
+    plain = bitstream.read(compress(codec, wav, rate, 8.0, entropy=False))[1]
     bits = []
     for weight in (0.0, 3.0, 10.0, 300.0):
         data = compress(codec, wav, rate, 8.0, entropy=True, rate_weight=weight)
@@ -153,7 +153,7 @@ def test_rate_weight_is_saved_with_the_tables(tmp_path: Path, rate_fitted: Codec
 
 def test_tables_belong_to_their_model(fitted: Codec, speech) -> None:
     wav, rate = speech
-    coded, plain = compress(fitted, wav, rate, 8.0, entropy=True), compress(fitted, wav, rate, 8.0)
+    coded, plain = compress(fitted, wav, rate, 8.0, entropy=True), compress(fitted, wav, rate, 8.0, entropy=False)
     other = Codec.from_preset("tiny")  # the same weights, other tables
     codes = np.random.default_rng(9).integers(0, 256, (1, 4, 100))
     other.set_entropy(EntropyModel.fit([codes], index_groups(other.num_codebooks, other.codebook_size)))
@@ -199,10 +199,14 @@ def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech, rate_f
     clip = corpus / "0.wav"
     model = str(tmp_path / "model")
     assert main(["compress", str(clip), str(tmp_path / "a.ndvq"), "-b", "8", "--model", model, "--entropy"]) == 0
-    assert main(["compress", str(clip), str(tmp_path / "b.ndvq"), "-b", "8", "--model", model]) == 0
+    assert main(["compress", str(clip), str(tmp_path / "b.ndvq"), "-b", "8", "--model", model, "--no-entropy"]) == 0
+    assert main(["compress", str(clip), str(tmp_path / "default.ndvq"), "-b", "8", "--model", model]) == 0
     capsys.readouterr()
     assert main(["info", str(tmp_path / "a.ndvq")]) == 0
     assert ".ndvq version 2 (entropy-coded codes)" in capsys.readouterr().out
+    # A model with tables entropy-codes by default; --no-entropy bit-packs (version 1).
+    assert (tmp_path / "default.ndvq").read_bytes() == (tmp_path / "a.ndvq").read_bytes()
+    assert (tmp_path / "b.ndvq").read_bytes()[4] == 1
     for name in ("a", "b"):
         assert (
             main(["decompress", str(tmp_path / f"{name}.ndvq"), str(tmp_path / f"{name}.wav"), "--model", model]) == 0
@@ -211,8 +215,10 @@ def test_cli_fit_compress_info_decompress(tmp_path: Path, capsys, speech, rate_f
     assert main(["compress", str(clip), str(tmp_path / "c.ndvq"), "--model", "tiny", "-b", "8", "--entropy"]) == 1
     assert "has no entropy tables" in capsys.readouterr().err and not (tmp_path / "c.ndvq").exists()
     compress_args = ["compress", str(clip), str(tmp_path / "d.ndvq"), "-b", "8", "--model", model]
-    assert main([*compress_args, "--rate-weight", "30"]) == 1
-    assert "--rate-weight: only with --entropy" in capsys.readouterr().err
+    assert main([*compress_args, "--no-entropy", "--rate-weight", "30"]) == 1
+    assert "--rate-weight: only when entropy-coding" in capsys.readouterr().err
+    assert main([*compress_args[:-1], "tiny", "--rate-weight", "30"]) == 1  # no tables
+    assert "--rate-weight: only when entropy-coding" in capsys.readouterr().err
     assert main([*compress_args, "--entropy", "--rate-weight", "-1"]) == 1
     assert "must be finite and at least 0" in capsys.readouterr().err and not (tmp_path / "d.ndvq").exists()
     # Fitted for a weight: compress --entropy uses it, and writes fewer bytes than the most likely codes.

@@ -84,7 +84,7 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
 
 
 def _compress_one(
-    codec: Codec, bandwidth: float, progress: bool, entropy: bool, rate_weight: float | None
+    codec: Codec, bandwidth: float, progress: bool, entropy: bool | None, rate_weight: float | None
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
@@ -105,7 +105,12 @@ def _decompress_one(codec: Codec, progress: bool, subtype: str | None) -> Callab
 
 
 def _roundtrip_one(
-    codec: Codec, bandwidth: float, progress: bool, subtype: str | None, entropy: bool, rate_weight: float | None
+    codec: Codec,
+    bandwidth: float,
+    progress: bool,
+    subtype: str | None,
+    entropy: bool | None,
+    rate_weight: float | None,
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
@@ -190,15 +195,16 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("compress", "roundtrip"):
             command.add_argument(
                 "--entropy",
-                action="store_true",
-                help="entropy-code the codes with the model's tables (format version 2; see ndvq fit-entropy)",
+                action=argparse.BooleanOptionalAction,
+                help="entropy-code the codes with the model's tables (format version 2; see ndvq fit-entropy), "
+                "or bit-pack them (--no-entropy, format version 1); default: entropy-code when the model has tables",
             )
             command.add_argument(
                 "--rate-weight",
                 type=float,
                 metavar="W",
-                help="with --entropy: rate-aware assignment, log-likelihood + W x log prior "
-                "(default: the weight the tables were fitted for; 0: the most likely codes, identical to plain)",
+                help="when entropy-coding: rate-aware assignment, log-likelihood + W x log prior "
+                "(default: the weight the tables were fitted for; 0: the most likely codes, the audio of --no-entropy)",
             )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
@@ -468,11 +474,14 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     if not args.input.exists():
         raise NdvqError(f"{args.input}: no such file or directory")
     codec = _load_model(args.model)
-    if getattr(args, "entropy", False) and codec.entropy is None:  # once, before a directory's first file
+    if getattr(args, "entropy", None) and codec.entropy is None:  # once, before a directory's first file
         raise NdvqError(f"--entropy: model {args.model} has no entropy tables (make them with ndvq fit-entropy)")
     rate_weight = getattr(args, "rate_weight", None)
-    if rate_weight is not None and not args.entropy:
-        raise NdvqError("--rate-weight: only with --entropy (bit-packed codes cost the same whichever is chosen)")
+    if rate_weight is not None and (args.entropy is False or codec.entropy is None):
+        raise NdvqError(
+            "--rate-weight: only when entropy-coding, with a model that has entropy tables "
+            "(bit-packed codes cost the same whichever is chosen)"
+        )
     if rate_weight is not None and not (math.isfinite(rate_weight) and rate_weight >= 0):
         raise NdvqError(f"--rate-weight: must be finite and at least 0, got {rate_weight:g}")
     if args.command == "compress":

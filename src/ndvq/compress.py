@@ -98,12 +98,14 @@ def _encode(
     bandwidth: float,
     progress: bool,
     name: str,
-    entropy: bool = False,
+    entropy: bool | None = None,
     rate_weight: float | None = None,
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
-    (entropy-coded with the model's tables when `entropy`). `rate_weight` (see Codec.encode_blocks) defaults to
-    the tables' own when entropy-coding, else 0."""
+    (entropy-coded with the model's tables when `entropy`; None: when the model has tables). `rate_weight` (see
+    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0."""
+    if entropy is None:
+        entropy = codec.entropy is not None
     if entropy and codec.entropy is None:
         raise NdvqError("--entropy: this model has no entropy tables (make them with `ndvq fit-entropy`)")
     if rate_weight is None:
@@ -143,12 +145,13 @@ def compress(
     sample_rate: int,
     bandwidth: float,
     progress: bool = False,
-    entropy: bool = False,
+    entropy: bool | None = None,
     rate_weight: float | None = None,
 ) -> bytes:
-    """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`,
-    the codes are entropy-coded with the model's tables (format version 2), and assigned with the tables' rate
-    weight unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks)."""
+    """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`
+    (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
+    version 2), and assigned with the tables' rate weight unless `rate_weight` is given (0: the most likely
+    codes; see Codec.encode_blocks); without, bit-packed (format version 1)."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
@@ -163,7 +166,7 @@ def encode_file(
     source: str | os.PathLike,
     bandwidth: float,
     progress: bool = False,
-    entropy: bool = False,
+    entropy: bool | None = None,
     rate_weight: float | None = None,
 ) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
@@ -184,7 +187,7 @@ def compress_file(
     target: str | os.PathLike,
     bandwidth: float,
     progress: bool = False,
-    entropy: bool = False,
+    entropy: bool | None = None,
     rate_weight: float | None = None,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""

@@ -65,7 +65,7 @@ def corpus_codes(
     `failures` as (file, why)."""
     for entry in tqdm(entries, unit="file", disable=not progress, leave=False):
         try:
-            data = encode_file(codec, entry.path, max(codec.bandwidths), rate_weight=rate_weight)
+            data = encode_file(codec, entry.path, max(codec.bandwidths), entropy=False, rate_weight=rate_weight)
             yield bitstream.read(data)[1]
         except NdvqError as error:
             failures.append((entry.relative, str(error)))

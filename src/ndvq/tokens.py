@@ -178,7 +178,7 @@ def _make_shard(
     items, failures, arrays, offset = [], [], [], 0
     for entry in entries:
         try:
-            header, codes = bitstream.read(encode_file(codec, entry.path, bandwidth), entry.relative)
+            header, codes = bitstream.read(encode_file(codec, entry.path, bandwidth), entry.relative, codec.entropy)
         except NdvqError as error:
             reason = str(error).splitlines()[0].removeprefix(f"{entry.path}: ")
             failures.append({"path": entry.relative, "reason": reason})
