@@ -59,6 +59,8 @@ def main() -> None:
         "architecture": architecture(shipped),
         "description": args.description or f"shipped from {args.model.name}",
     }
+    if shipped.entropy is not None:  # the fingerprint of its entropy-coded files, tables included
+        entries[args.name]["entropy_identity"] = shipped.identity(True).hex()
     REGISTRY.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
     print(f"{args.model} -> {target}")
     print(f"fingerprint {entries[args.name]['identity']} (fp32 model: {source.identity().hex()})")

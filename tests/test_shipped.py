@@ -71,10 +71,14 @@ def test_the_shipped_model_codes_speech_and_the_untrained_preset_does_not(shippe
 
 def test_a_changed_registry_entry_is_refused_naming_the_file(monkeypatch) -> None:
     entries = pretrained.registry()
-    entries["speech-16k"] = {**entries["speech-16k"], "identity": "0" * 16}
+    original = entries["speech-16k"]
+    entries["speech-16k"] = {**original, "identity": "0" * 16}
     monkeypatch.setattr(pretrained, "registry", lambda *args: entries)
     with pytest.raises(NdvqError, match=r"models\.json: shipped model 'speech-16k' has fingerprint"):
         Codec.load("speech-16k")
+    entries["speech-16k"] = {**original, "entropy_identity": "0" * 16}
+    with pytest.raises(NdvqError, match=r"models\.json: shipped model 'speech-16k' has entropy-coding fingerprint"):
+        Codec.load("speech-16k")  # other entropy tables than the registry's (or none) are refused too
 
 
 def test_float16_storage_round_trips(tmp_path, tiny) -> None:

@@ -350,12 +350,17 @@ class Codec(nn.Module):
         shipped = pretrained.registry()
         if str(source) in shipped:
             codec = cls._load_directory(pretrained.directory(str(source)))
-            recorded = shipped[str(source)].get("identity")
-            if codec.identity().hex() != recorded:
-                raise NdvqError(
-                    f"{pretrained.REGISTRY}: shipped model {str(source)!r} has fingerprint {codec.identity().hex()}, "
-                    f"not the recorded {recorded} (reinstall ndvq, or ship it again with scripts/ship_model.py)"
-                )
+            entry = shipped[str(source)]
+            found = {"identity": codec.identity().hex()}
+            if codec.entropy is not None or "entropy_identity" in entry:  # the tables too, when it ships them
+                found["entropy_identity"] = codec.identity(True).hex() if codec.entropy is not None else None
+            for key, value in found.items():
+                if value != entry.get(key):
+                    what = "fingerprint" if key == "identity" else "entropy-coding fingerprint"
+                    raise NdvqError(
+                        f"{pretrained.REGISTRY}: shipped model {str(source)!r} has {what} {value}, not the "
+                        f"recorded {entry.get(key)} (reinstall ndvq, or ship it again with scripts/ship_model.py)"
+                    )
             return codec
         if str(source) in PRESETS:
             return cls.from_preset(str(source))
