@@ -52,6 +52,9 @@ def main() -> None:
             f"shipped: {pretrained.registry()[args.model].get('description', '')}; this clip's voice is in its "
             "training data (held-out figures: docs/ndvq-that-learns.md)"
         )
+    if codec.entropy is not None:  # what `ndvq compress` does by default with such a model
+        weight = codec.entropy.rate_weight
+        print(f"files: entropy-coded with the model's tables, rate-aware assignment at weight {weight:g}")
     if args.model in PRESETS and not Path(args.model).is_dir():
         print("note: an untrained preset: the decoded audio will not resemble the input")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
