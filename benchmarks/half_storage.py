@@ -1,6 +1,8 @@
 """What float16 storage of the encoder/decoder weights changes: the fp32 model against the shipped one.
 
-    python benchmarks/half_storage.py [--fp32 models/speech-16k-small-ndvq] [--shipped speech-16k] [-b 1.5 3 6]
+    python benchmarks/half_storage.py --fp32 EXPORT [--shipped speech-16k] [-b 1.5 3 6]
+
+EXPORT: the float32 model directory the shipped model was made from (`ndvq export` of its run).
 
 Codes the bundled clip with both models at each bitrate and prints the fraction of identical codes and the
 max and RMS difference of the decoded audio (each model decoding its own codes), the RMS difference when the
@@ -20,7 +22,7 @@ CLIP = Path(__file__).parent.parent / "examples" / "speech_en_16k.flac"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fp32", default="models/speech-16k-small-ndvq", help="the model directory as trained")
+    parser.add_argument("--fp32", required=True, help="the model directory as trained (float32)")
     parser.add_argument("--shipped", default="speech-16k", help="the same model with float16 storage")
     parser.add_argument("-b", "--bandwidth", type=float, nargs="+", default=[1.5, 3.0, 6.0])
     parser.add_argument("--threads", type=int, default=1)
