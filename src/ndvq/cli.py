@@ -204,7 +204,8 @@ def _parser() -> argparse.ArgumentParser:
                 type=float,
                 metavar="W",
                 help="when entropy-coding: rate-aware assignment, log-likelihood + W x log prior "
-                "(default: the weight the tables were fitted for; 0: the most likely codes, the audio of --no-entropy)",
+                "(default: the weight the tables were fitted for; 0: the most likely codes, the audio of "
+                "--no-entropy, which tables fitted for another weight may code in more bits than --no-entropy)",
             )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
