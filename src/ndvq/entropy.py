@@ -6,8 +6,8 @@ The model codes each code from a frequency table chosen by a context:
   - stage s > 1: the group of stage s - 1's code at the same frame (what the residual depends on).
 Groups (`groups[s]`, `GROUPS` of them) gather codes with nearby codebook vectors, so a table per group
 can be estimated from little data. A stage whose contexts do not predict held-out codes falls back to one
-table, or to uniform tables (exactly bit-packing's cost). A channel's stages are coded in order: stage 1
-frame by frame (its context is its own previous code), the others over all frames at once.
+table, or to uniform tables (exactly bit-packing's cost). A channel's stages are coded in order, frame by
+frame, each code with the range coder's model of its table (built once per table and reused).
 
 Every probability is an integer out of TOTAL = 2**PRECISION. constriction receives them as float64
 ratios, which are exact, so the same integers give the same bits on every platform and device: no
@@ -15,7 +15,7 @@ floating-point result of a model (softmax, logits) ever decides a symbol.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import constriction
 import numpy as np
@@ -31,8 +31,6 @@ UNIFORM_SHARE = 1 / 64
 BACKOFF = 128.0  # frames' worth of a stage's overall frequencies added to each of its context's counts
 HOLDOUT_EVERY = 5  # fit: one block in 5 is held out to choose each stage's model
 HOLDOUT_BLOCK = 250  # frames per block (5 s at 50 Hz): held-out frames come in stretches, as new files do
-BLOCK_FRAMES = 2048  # frames whose probability rows are built at a time when encoding
-CATEGORICAL = constriction.stream.model.Categorical(perfect=False)  # probabilities given per symbol
 
 
 def frequencies(counts: np.ndarray) -> np.ndarray:
@@ -63,6 +61,9 @@ class EntropyModel:
     groups: np.ndarray  # int32 [n_q, K]: the group of each code of each stage, in [0, GROUPS)
     # Encoder side only: the weight of the log prior in rate-aware assignment (0: most likely code; see log_prior).
     rate_weight: float = 0.0
+    # constriction's model of each (stage, context) table, built on first use: building one costs O(K), so
+    # codes are coded one at a time with these instead of with a table row each.
+    _models: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tables, groups = self.tables, self.groups
@@ -113,10 +114,8 @@ class EntropyModel:
         encoder = constriction.stream.queue.RangeEncoder()
         for c in range(channels):
             for s in range(n_q):
-                contexts, symbols = self.contexts(codes[c], s), codes[c, s].astype(np.int32)
-                for start in range(0, frames, BLOCK_FRAMES):
-                    rows = self._rows(s, contexts[start : start + BLOCK_FRAMES])
-                    encoder.encode(symbols[start : start + BLOCK_FRAMES], CATEGORICAL, rows)
+                for context, symbol in zip(self.contexts(codes[c], s).tolist(), codes[c, s].tolist(), strict=True):
+                    encoder.encode(symbol, self._model(s, context))
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def decode(self, payload: bytes | memoryview, channels: int, n_q: int, frames: int) -> np.ndarray:
@@ -137,13 +136,12 @@ class EntropyModel:
         for c in range(channels):
             context = GROUPS
             for t in range(frames):  # stage 1: each frame's context is the code just decoded
-                codes[c, 0, t] = decoder.decode(CATEGORICAL, self._rows(0, np.array([context])))[0]
-                context = self.groups[0][codes[c, 0, t]]
+                codes[c, 0, t] = decoder.decode(self._model(0, context))
+                context = int(self.groups[0][codes[c, 0, t]])
             for s in range(1, n_q):
-                contexts = self.contexts(codes[c], s)
-                for start in range(0, frames, BLOCK_FRAMES):
-                    rows = self._rows(s, contexts[start : start + BLOCK_FRAMES])
-                    codes[c, s, start : start + BLOCK_FRAMES] = decoder.decode(CATEGORICAL, rows)
+                codes[c, s] = [
+                    decoder.decode(self._model(s, context)) for context in self.contexts(codes[c], s).tolist()
+                ]
         return codes
 
     def bits(self, codes: np.ndarray) -> np.ndarray:
@@ -154,9 +152,13 @@ class EntropyModel:
             [sum(cost[s][self.contexts(codes[c], s), codes[c, s]].sum() for c in range(channels)) for s in range(n_q)]
         )
 
-    def _rows(self, stage: int, contexts: np.ndarray) -> np.ndarray:
-        """[n, K] probabilities of the tables `contexts` index: exact ratios of integers."""
-        return self.tables[stage][contexts].astype(np.float64) / TOTAL
+    def _model(self, stage: int, context: int):
+        """constriction's categorical model of table `context` of `stage`: exact ratios of integers."""
+        model = self._models.get((stage, context))
+        if model is None:
+            probabilities = self.tables[stage][context].astype(np.float64) / TOTAL
+            model = self._models[stage, context] = constriction.stream.model.Categorical(probabilities, perfect=False)
+        return model
 
     # --- fitting -----------------------------------------------------------------------------------
     @classmethod
