@@ -1,7 +1,9 @@
 """Entropy-coded bitstreams: integer tables, bit-exact round trips, tables tied to their model."""
 
+import copy
 import json
 from pathlib import Path
+import pickle
 import tempfile
 
 import numpy as np
@@ -82,6 +84,9 @@ def test_uniform_random_codes_round_trip(fitted: Codec) -> None:
     codes = np.random.default_rng(5).integers(0, 256, (2, 4, 300))
     payload = fitted.entropy.encode(codes)
     assert np.array_equal(fitted.entropy.decode(payload, 2, 4, 300), codes)
+    # A model that has coded (and cached its coder's models) still copies and pickles, and codes the same.
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(fitted.entropy)))
+    assert copied.encode(codes) == payload
 
 
 @pytest.mark.parametrize("bandwidth", [2.0, 4.0, 8.0])
@@ -143,7 +148,11 @@ def test_rate_weight_is_saved_with_the_tables(tmp_path: Path, rate_fitted: Codec
     document = json.loads(config.read_text())
     document["entropy_rate_weight"] = "30"
     config.write_text(json.dumps(document))
-    with pytest.raises(NdvqError, match="entropy_rate_weight must be a number"):
+    with pytest.raises(NdvqError, match="entropy_rate_weight must be a finite number"):
+        Codec.load(tmp_path / "model")
+    document["entropy_rate_weight"] = 10**400  # JSON allows it; float() would overflow
+    config.write_text(json.dumps(document))
+    with pytest.raises(NdvqError, match="entropy_rate_weight must be a finite number"):
         Codec.load(tmp_path / "model")
     document["entropy_rate_weight"] = -1.0
     config.write_text(json.dumps(document))

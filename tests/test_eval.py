@@ -135,3 +135,7 @@ def test_entropy_coded_models_are_scored_on_their_actual_bytes(tmp_path, referen
     argv = ["eval", str(references), "--out", str(tmp_path / "out2"), "--entropy-model", "tiny", "-b", "8"]
     assert main(argv) == 1
     assert "no entropy tables" in capsys.readouterr().err
+    # The same directory plain and entropy-coded needs two labels (one would share results and cache).
+    argv = ["eval", str(references), "--out", str(tmp_path / "out3"), "--model", str(model)]
+    assert main([*argv, "--entropy-model", str(model), "-b", "8"]) == 1
+    assert "two systems are labelled 'ndvq'" in capsys.readouterr().err

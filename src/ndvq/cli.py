@@ -346,6 +346,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     specs = [compare.SystemSpec("ndvq", label, tuple(args.bandwidth), model) for label, model in models]
     for label, model in _model_specs(args.entropy_model):
         specs.append(compare.SystemSpec("ndvq", label, tuple(args.bandwidth), model, entropy=True))
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) < len(labels):
+        duplicate = next(label for label in labels if labels.count(label) > 1)
+        raise NdvqError(
+            f"two systems are labelled {duplicate!r}: name them, e.g. --entropy-model {duplicate}-entropy=DIR"
+        )
     if args.opus:
         specs.append(compare.SystemSpec("opus", "opus", tuple(args.opus)))
     if args.codec2:

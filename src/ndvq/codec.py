@@ -244,8 +244,9 @@ class Codec(nn.Module):
             )
         if not (math.isfinite(weight) and weight >= 0):
             raise NdvqError(f"the rate weight must be finite and at least 0, got {weight:g}")
-        prior = weight * torch.from_numpy(self.entropy.log_prior()).float()  # [n_q, GROUPS + 1, K]
-        groups = torch.from_numpy(self.entropy.groups).long()
+        device = next(self.parameters()).device
+        prior = weight * torch.from_numpy(self.entropy.log_prior()).float().to(device)  # [n_q, GROUPS + 1, K]
+        groups = torch.from_numpy(self.entropy.groups).long().to(device)
 
         def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
             return prior[stage, -1] if previous is None else prior[stage][groups[stage - 1][previous]]
@@ -401,8 +402,13 @@ class Codec(nn.Module):
 def _read_entropy(directory: Path, recorded: object, rate_weight: object) -> EntropyModel:
     """directory/entropy.safetensors, checked against the SHA-256 that config.json records for it, with the
     rate weight config.json gives."""
-    if isinstance(rate_weight, bool) or not isinstance(rate_weight, (int, float)):
-        raise NdvqError(f"{directory / CONFIG_FILE}: entropy_rate_weight must be a number, got {rate_weight!r}")
+    try:
+        number = isinstance(rate_weight, (int, float)) and not isinstance(rate_weight, bool)
+        weight = float(rate_weight) if number else math.nan
+    except OverflowError:  # an integer too large for a float
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise NdvqError(f"{directory / CONFIG_FILE}: entropy_rate_weight must be a finite number, got {rate_weight!r}")
     path = directory / ENTROPY_FILE
     try:
         data = path.read_bytes()
@@ -412,7 +418,7 @@ def _read_entropy(directory: Path, recorded: object, rate_weight: object) -> Ent
         raise NdvqError(f"{path}: damaged or replaced entropy tables (their SHA-256 is not the one in {CONFIG_FILE})")
     try:
         tables = safetensors.torch.load(data)
-        return EntropyModel(tables["tables"].numpy(), tables["groups"].numpy(), float(rate_weight))
+        return EntropyModel(tables["tables"].numpy(), tables["groups"].numpy(), weight)
     except (SafetensorError, KeyError, ValueError) as error:
         raise NdvqError(f"{path}: not valid entropy tables ({error})") from None
 

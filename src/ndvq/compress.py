@@ -139,6 +139,14 @@ def _encode(
     return bitstream.write(header, codes.numpy(), codec.entropy)
 
 
+def codes_identity(codec: Codec) -> str:
+    """What decides the codes `compress` writes by default, for caches of codes or results: the model's
+    fingerprint and, where it has entropy tables, theirs and their rate weight (rate-aware assignment)."""
+    if codec.entropy is None:
+        return codec.identity().hex()
+    return f"{codec.identity(True).hex()}-w{codec.entropy.rate_weight:g}"
+
+
 def compress(
     codec: Codec,
     wav: np.ndarray,

@@ -80,6 +80,13 @@ class EntropyModel:
         if not (np.isfinite(self.rate_weight) and self.rate_weight >= 0):
             raise ValueError(f"the rate weight must be finite and at least 0, got {self.rate_weight}")
 
+    def __getstate__(self) -> dict:  # constriction's models do not pickle: copies rebuild them
+        return {**self.__dict__, "_models": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
     @property
     def stages(self) -> int:
         return self.tables.shape[0]

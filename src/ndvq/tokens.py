@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ndvq import bitstream
 from ndvq.audio import AUDIO_SUFFIXES, atomic_path
 from ndvq.codec import Codec
-from ndvq.compress import encode_file
+from ndvq.compress import codes_identity, encode_file
 from ndvq.errors import NdvqError
 
 FORMAT = "ndvq-tokens"
@@ -204,7 +204,7 @@ def _make_shard(
         "format": FORMAT,
         "version": VERSION,
         "shard": k,
-        "model": codec.identity().hex(),
+        "model": codes_identity(codec),
         "bandwidth": bandwidth,
         "stages": codec.stages(bandwidth),
         "dtype": np.dtype(dtype).name,
@@ -222,8 +222,8 @@ _worker: dict[str, Any] = {}
 def _start_worker(model: str, identity: str, threads: int, progress: Any) -> None:
     torch.set_num_threads(threads)
     codec = Codec.load(model)
-    if codec.identity().hex() != identity:
-        raise NdvqError(f"{model}: loads as model {codec.identity().hex()}, not {identity}")
+    if codes_identity(codec) != identity:
+        raise NdvqError(f"{model}: loads as model {codes_identity(codec)}, not {identity}")
     _worker.update(codec=codec, progress=progress)
 
 
@@ -287,7 +287,7 @@ def tokenize(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     loaded = codec if isinstance(codec, Codec) else Codec.load(codec)
-    stages, model = loaded.stages(bandwidth), loaded.identity().hex()
+    stages, model = loaded.stages(bandwidth), codes_identity(loaded)
     shards = plan(source_files(source), batch_seconds)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from ndvq.audio import resample
 from ndvq.codec import Codec
-from ndvq.compress import compress, decompress
+from ndvq.compress import codes_identity, compress, decompress
 from ndvq.errors import NdvqError
 
 CODEC2_MODES = {"3200": 3.2, "2400": 2.4, "1600": 1.6, "1400": 1.4, "1300": 1.3, "1200": 1.2, "700C": 0.7}
@@ -37,8 +37,8 @@ class NdvqSystem:
         self.codec = Codec.load(model)
         if entropy and self.codec.entropy is None:
             raise NdvqError(f"{model}: no entropy tables to evaluate entropy coding with (ndvq fit-entropy)")
-        # Results cached for other weights or tables are not this model's.
-        self.identity = self.codec.identity(entropy).hex()
+        # Results cached for other weights, tables or rate weights are not this model's.
+        self.identity = codes_identity(self.codec) if entropy else self.codec.identity().hex()
 
     def kbps(self, bitrate: str) -> float:
         return float(bitrate)
