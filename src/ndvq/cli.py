@@ -4,7 +4,6 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import logging
-import math
 import os
 from pathlib import Path
 import signal
@@ -19,6 +18,7 @@ from ndvq import bitstream, tokens
 from ndvq.audio import AUDIO_SUFFIXES, check_output, read_bytes, subtype_like
 from ndvq.codec import Codec
 from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
+from ndvq.entropy import check_rate_weight
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
 
@@ -489,8 +489,8 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
             "--rate-weight: only when entropy-coding, with a model that has entropy tables "
             "(bit-packed codes cost the same whichever is chosen)"
         )
-    if rate_weight is not None and not (math.isfinite(rate_weight) and rate_weight >= 0):
-        raise NdvqError(f"--rate-weight: must be finite and at least 0, got {rate_weight:g}")
+    if rate_weight is not None:
+        check_rate_weight(rate_weight)  # once, before a directory's first file
     if args.command == "compress":
         codec.stages(args.bandwidth)
         jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ndvq import pretrained
 from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
-from ndvq.entropy import EntropyModel
+from ndvq.entropy import EntropyModel, check_rate_weight
 from ndvq.errors import NdvqError
 from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
 from ndvq.modules.streaming import streaming
@@ -242,10 +242,9 @@ class Codec(nn.Module):
             raise NdvqError(
                 "rate-aware assignment needs the model's entropy tables (make them with `ndvq fit-entropy`)"
             )
-        if not (math.isfinite(weight) and weight >= 0):
-            raise NdvqError(f"the rate weight must be finite and at least 0, got {weight:g}")
+        check_rate_weight(weight)
         device = next(self.parameters()).device
-        prior = weight * torch.from_numpy(self.entropy.log_prior()).float().to(device)  # [n_q, GROUPS + 1, K]
+        prior = weight * torch.from_numpy(self.entropy.log_prior).to(device)  # [n_q, GROUPS + 1, K]
         groups = torch.from_numpy(self.entropy.groups).long().to(device)
 
         def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:

@@ -16,9 +16,13 @@ floating-point result of a model (softmax, logits) ever decides a symbol.
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+import math
 
 import constriction
 import numpy as np
+
+from ndvq.errors import NdvqError
 
 PRECISION = 16
 TOTAL = 1 << PRECISION
@@ -48,6 +52,12 @@ def frequencies(counts: np.ndarray) -> np.ndarray:
     order = np.argsort(-(share - table), axis=-1, kind="stable")
     table += np.argsort(order, axis=-1, kind="stable") < missing[..., None]
     return (table + 1).astype(np.int32)
+
+
+def check_rate_weight(weight: float) -> None:
+    """NdvqError unless `weight` is a usable rate weight (finite, at least 0)."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise NdvqError(f"rate weight: must be finite and at least 0, got {weight:g}")
 
 
 def index_groups(stages: int, codebook_size: int) -> np.ndarray:
@@ -103,14 +113,16 @@ class EntropyModel:
         previous = self.groups[0][codes[0, :-1]] if frames > 1 else np.zeros(0, np.int32)
         return np.concatenate([[GROUPS], previous]).astype(np.int64)
 
+    @cached_property
     def log_prior(self) -> np.ndarray:
-        """Natural-log probabilities [n_q, GROUPS + 1, K] for rate-aware assignment, which adds rate_weight x
-        log_prior[s, context] to stage s's log-likelihoods. Stages after the first get their coder's row (the
-        context is the same frame's code of the stage before); stage 1, whose context is its previous frame's
-        code, gets the mean of its context rows in every row (its frames are assigned all at once)."""
+        """Natural-log probabilities [n_q, GROUPS + 1, K] (float32, computed once) for rate-aware assignment,
+        which adds rate_weight x log_prior[s, context] to stage s's log-likelihoods. Stages after the first get
+        their coder's row (the context is the same frame's code of the stage before); stage 1, whose context is
+        its previous frame's code, gets the mean of its context rows in every row (its frames are assigned all
+        at once)."""
         prior = self.tables.astype(np.float64) / TOTAL
         prior[0] = prior[0, :GROUPS].mean(axis=0)
-        return np.log(prior)
+        return np.log(prior).astype(np.float32)
 
     # --- coding ------------------------------------------------------------------------------------
     def encode(self, codes: np.ndarray) -> bytes:

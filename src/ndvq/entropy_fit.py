@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ndvq import bitstream
 from ndvq.codec import Codec
 from ndvq.compress import encode_file
-from ndvq.entropy import GROUPS, EntropyModel, index_groups
+from ndvq.entropy import GROUPS, EntropyModel, check_rate_weight, index_groups
 from ndvq.errors import NdvqError
 from ndvq.quantization.kmeans import kmeans, nearest
 from ndvq.tokens import Entry, source_files, spread
@@ -35,8 +35,7 @@ def fit_entropy(
     are coded twice; the prior keeps every stage's context tables, even where bit-packing would code the most likely
     codes as well, since the prior is what makes the codes predictable); the result records the weight, which
     `ndvq compress --entropy` then uses."""
-    if not (np.isfinite(rate_weight) and rate_weight >= 0):
-        raise NdvqError(f"--rate-weight must be finite and at least 0, got {rate_weight:g}")
+    check_rate_weight(rate_weight)  # before the first pass over the corpus, not after it
     entries = spread(source_files(source), limit)
     failures: list[tuple[str, str]] = []
     groups = code_groups(codec) if contexts else np.zeros((codec.num_codebooks, codec.codebook_size), np.int32)
