@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from ndvq import Codec, NdvqError
 from ndvq.cli import main
 from ndvq.train.config import load_config
-from ndvq.train.trainer import Trainer, export
+from ndvq.train.trainer import Trainer, export, learning_rate
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -131,6 +131,24 @@ def test_cpu_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(tmp_pa
     assert resumed.step == 8
 
 
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero(corpus) -> None:
+    config = tiny_config(corpus, "optim.lr=1.0", "optim.warmup_steps=4", "steps=20", "cooldown_steps=10")
+    rates = [learning_rate(config, step) for step in range(20)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0] and rates[4:11] == [1.0] * 7
+    assert rates[11:] == pytest.approx([0.9 - 0.1 * i for i in range(9)])  # the last step trains at 1/10
+    assert learning_rate(tiny_config(corpus, "optim.lr=1.0", "steps=20"), 19) == 1.0  # no cool-down
+
+
+def test_a_run_cools_down_from_a_checkpoint(tmp_path, corpus) -> None:
+    """Resuming with new `steps` and `cooldown_steps` branches a cool-down off a constant-rate run."""
+    Trainer(tiny_config(corpus, "steps=4", "optim.warmup_steps=1"), tmp_path / "run").fit()
+    cooled = Trainer(
+        tiny_config(corpus, "steps=8", "cooldown_steps=4", "optim.warmup_steps=1"), tmp_path / "run", resume=True
+    )
+    cooled.fit()
+    assert cooled.step == 8 and cooled.optimizer.param_groups[0]["lr"] == pytest.approx(cooled.config.optim.lr / 4)
+
+
 def test_resume_of_a_checkpoint_older_than_a_config_field(tmp_path, corpus) -> None:
     """A checkpoint written before a field existed resumes when the field keeps its default."""
     Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()
@@ -194,6 +212,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["quantizer=pq"], "quantizer: must be one of ndvq, rvq"),
         (["bandwidths=[3.0]"], r"bandwidths: \[3.0\] are not bitrates"),
         (["nokey"], "expected key=value"),
+        (["steps=4", "cooldown_steps=5"], "cooldown_steps: must be between 0 and steps"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:

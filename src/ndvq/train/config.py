@@ -61,6 +61,7 @@ class TrainConfig:
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
     init_from: str = ""  # a model directory (`ndvq export`) or shipped model of the same architecture to start from
     steps: int = 500_000
+    cooldown_steps: int = 0  # the learning rate falls linearly to zero over the last this many of `steps`
     cpu_hours: float = 0.0  # stop (validate and checkpoint) once this process has used this much CPU; 0: no limit
     seed: int = 0
     bandwidths: tuple[float, ...] = ()  # drawn per step; empty: the codec's bandwidths
@@ -99,6 +100,8 @@ class TrainConfig:
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise NdvqError(f"{name}: must be at least 1")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise NdvqError(f"cooldown_steps: must be between 0 and steps ({self.steps}), got {self.cooldown_steps}")
         codec = self.codec_config()
         unknown = [b for b in self.bandwidths if b not in codec.bandwidths]
         if unknown:

@@ -38,7 +38,15 @@ from ndvq.train.losses import (
 log = logging.getLogger("ndvq")
 CHECKPOINT_VERSION = 1
 INIT_FRAMES_PER_CODE = 10  # latent frames gathered for the k-means initialisation, per code
-RESUMABLE_CHANGES = {"steps", "cpu_hours", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "cooldown_steps",
+    "cpu_hours",
+    "log_every",
+    "valid_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+}
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
@@ -50,6 +58,15 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
         {"params": [p for p in model.parameters() if id(p) in codebooks], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The generator's learning rate at `step` (from 0): linear warm-up, constant, then the linear
+    cool-down of the last `cooldown_steps` to zero (a run can be cooled down from any checkpoint by
+    resuming with new `steps` and `cooldown_steps`)."""
+    warmup = min(1.0, (step + 1) / max(1, config.optim.warmup_steps))
+    cooldown = min(1.0, (config.steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.optim.lr * warmup * max(0.0, cooldown)
 
 
 def _rank() -> tuple[int, int]:
@@ -232,8 +249,7 @@ class Trainer:
         return {"discriminator": loss.item(), "discriminator_grad_norm": grad_norm.item()}
 
     def _set_learning_rate(self) -> None:
-        optim = self.config.optim
-        lr = optim.lr * min(1.0, (self.step + 1) / max(1, optim.warmup_steps))
+        lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
