@@ -1,0 +1,56 @@
+"""Paired differences between two systems of one `ndvq eval` run, file by file, with 95% intervals.
+
+    python benchmarks/paired.py EVAL_DIR B A [--metrics pesq_wb stoi mel_distance]
+
+For every bitrate both systems were scored at: the mean of B's score minus A's on the same files, and
+the half-width of its 95% interval (normal approximation, 1.96 standard errors of the paired
+differences). An interval that excludes zero is a difference these files can tell apart.
+"""
+
+import argparse
+from collections import defaultdict
+import csv
+import math
+from pathlib import Path
+
+
+def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, tuple[float, float, int]]:
+    """bitrate -> (mean of b - a, 95% half-width, files) over the files both scored at that bitrate."""
+    scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["codec"] in (a, b) and row[metric] not in ("", "nan"):
+            scores[row["bitrate"], row["file"]][row["codec"]] = float(row[metric])
+    differences: dict[str, list[float]] = defaultdict(list)
+    for (bitrate, _), pair in scores.items():
+        if len(pair) == 2:
+            differences[bitrate].append(pair[b] - pair[a])
+    out = {}
+    for bitrate, values in differences.items():
+        n = len(values)
+        mean = sum(values) / n
+        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+        out[bitrate] = (mean, 1.96 * spread / math.sqrt(n), n)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("eval_dir", type=Path, help="an `ndvq eval --out` folder (per_utterance.csv)")
+    parser.add_argument("b", help="label of the system to measure")
+    parser.add_argument("a", help="label of the system it is compared with")
+    parser.add_argument("--metrics", nargs="+", default=["pesq_wb", "stoi", "mel_distance"])
+    args = parser.parse_args()
+    with open(args.eval_dir / "per_utterance.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = {row["codec"] for row in rows}
+    for label in (args.a, args.b):
+        if label not in labels:
+            parser.error(f"{args.eval_dir}: no system labelled {label!r} (labels: {', '.join(sorted(labels))})")
+    print(f"{args.b} minus {args.a}, paired by file (mean +- 95% half-width, files)")
+    for metric in args.metrics:
+        for bitrate, (mean, half, n) in sorted(paired(rows, args.b, args.a, metric).items(), key=lambda i: float(i[0])):
+            print(f"{metric:>14} at {bitrate:>5} kbps: {mean:+.3f} +- {half:.3f} ({n} files)")
+
+
+if __name__ == "__main__":
+    main()
