@@ -1,7 +1,11 @@
 """Training throughput: steps/s and peak RSS for a preset with each quantizer, with and without the
 discriminator, and NDVQ's overhead against RVQ.
 
-    python benchmarks/train_speed.py [--preset speech-16k-large] [--threads 2] [--steps 12] [--batch-size 8]
+    python benchmarks/train_speed.py [--preset speech-16k-large] [--threads 2] [--steps 12] [--batch-size 8] \
+        [--set KEY=VALUE ...]
+
+`--set` passes training-config overrides to every configuration, for example a smaller discriminator:
+`--set discriminator.filters=8 'discriminator.scales=[1024,256]' data.segment_seconds=0.5`.
 
 Each configuration runs in its own process on crops of the bundled speech clip; the k-means
 initialisation of every stage and two warm-up steps come before the timed steps.
@@ -27,7 +31,7 @@ CLIP = Path(__file__).parent.parent / "examples" / "speech_en_16k.flac"
 WARMUP = 2
 
 
-def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_size: int) -> dict:
+def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_size: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         sf.write(Path(folder) / "clip.flac", sf.read(CLIP)[0], 16000)
         overrides = [
@@ -40,6 +44,7 @@ def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_si
             f"discriminator.start_step={0 if adversarial else 10**9}",
             "discriminator.every=3",
             "checkpoint_every=1000000",
+            *extra,
         ]
         trainer = Trainer(load_config(None, overrides), Path(folder) / "run")
         batches = trainer._batches()
@@ -65,22 +70,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="training-config overrides")
     parser.add_argument("--one", nargs=2, metavar=("QUANTIZER", "ADVERSARIAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         quantizer, adversarial = args.one[0], args.one[1] == "1"
-        print(json.dumps(measure(args.preset, quantizer, adversarial, args.steps, args.batch_size)))
+        print(json.dumps(measure(args.preset, quantizer, adversarial, args.steps, args.batch_size, args.set)))
         return
 
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"{args.preset}, batch {args.batch_size} x 1 s crops, fp32, {args.steps} timed steps:")
+    segment = load_config(None, [f"data.train={CLIP}", *args.set]).data.segment_seconds
+    print(f"{args.preset}, batch {args.batch_size} x {segment:g} s crops, fp32, {args.steps} timed steps:")
+    if args.set:
+        print(f"overrides: {' '.join(args.set)}")
     print(f"{'quantizer':<9} {'discriminator':<13} {'steps/s':>8} {'s/step':>7} {'peak RSS MB':>11}")
     rates = {}
     for adversarial in (False, True):
         for quantizer in ("ndvq", "rvq"):
             command = [sys.executable, __file__, "--preset", args.preset, "--threads", str(args.threads)]
             command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            command += ["--set", *args.set] if args.set else []
             output = subprocess.run(
                 [*command, "--one", quantizer, str(int(adversarial))], capture_output=True, text=True
             )
