@@ -31,7 +31,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.8, 0.9)
     eps: float = 1e-6
     weight_decay: float = 0.01
-    warmup_steps: int = 3000  # linear warm-up, then constant
+    warmup_steps: int = 3000  # linear warm-up, then constant (until the cool-down of `cooldown_steps`)
     grad_clip: float = 20.0
 
 
