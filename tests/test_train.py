@@ -150,12 +150,14 @@ def test_a_run_cools_down_from_a_checkpoint(tmp_path, corpus) -> None:
 
 
 def test_resume_of_a_checkpoint_older_than_a_config_field(tmp_path, corpus) -> None:
-    """A checkpoint written before a field existed resumes when the field keeps its default."""
+    """A checkpoint written before a field (or a field of a section) existed resumes when it keeps its default."""
     Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()
     state = tmp_path / "run" / "checkpoints" / "step-00000004" / "state.json"
     skeleton = json.loads(state.read_text())
     config = dict(skeleton["__dict__"])["config"]
     config["__dict__"] = [item for item in config["__dict__"] if item[0] != "init_from"]
+    loss = dict(config["__dict__"])["loss"]  # and one inside a section
+    loss["__dict__"] = [item for item in loss["__dict__"] if item[0] != "mel_bins"]
     state.write_text(json.dumps(skeleton))
     assert Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run", resume=True).step == 4
     with pytest.raises(NdvqError, match="config differs from the run's in init_from"):
@@ -197,6 +199,12 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, corpus, monke
     assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
 
 
+def test_mel_bins_set_the_training_loss_not_the_validation_metric(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.mel_bins=[5, 10, 20, 40, 80, 160, 320]"), tmp_path / "run")
+    assert trainer.mel_loss.mels[-1].filters.shape[0] == 320
+    assert trainer.mel_metric.mels[-1].filters.shape[0] == 64
+
+
 def test_balancer_option_trains(tmp_path, corpus) -> None:
     trainer = Trainer(tiny_config(corpus, "loss.balancer=true", "steps=6"), tmp_path / "run")
     trainer.fit()
@@ -213,6 +221,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["bandwidths=[3.0]"], r"bandwidths: \[3.0\] are not bitrates"),
         (["nokey"], "expected key=value"),
         (["steps=4", "cooldown_steps=5"], "cooldown_steps: must be between 0 and steps"),
+        (["loss.mel_bins=[64, 64]"], r"loss.mel_bins: expected 7 positive bin counts"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:
@@ -255,6 +264,9 @@ def test_mel_filterbank_and_losses() -> None:
     x = 0.1 * torch.randn(2, 1, 4000)
     loss = MultiScaleMelLoss(16000)
     assert loss(x, x).item() == 0.0 and loss(x, 0.5 * x).item() > 0.0
+    fine = MultiScaleMelLoss(16000, (5, 10, 20, 40, 80, 160, 320))
+    assert [mel.filters.shape[0] for mel in fine.mels] == [5, 10, 20, 40, 80, 160, 320]
+    assert fine(x, 0.5 * x).item() != loss(x, 0.5 * x).item()
     discriminator = MultiScaleSTFTDiscriminator((256, 128), filters=8)
     logits, features = discriminator(x)
     assert len(logits) == 2 and len(features[0]) == 5

@@ -8,13 +8,21 @@ import torch.nn.functional as F
 
 from ndvq.modules.spectral import LogMel, spectral_distance
 
+MEL_SCALES = tuple(2**i for i in range(5, 12))  # n_fft 32 .. 2048
+
 
 class MultiScaleMelLoss(nn.Module):
-    """Mean over 7 scales (n_fft 32 .. 2048) of L1 + MSE between log-mel spectrograms."""
+    """Mean over 7 scales (n_fft 32 .. 2048) of L1 + MSE between log-mel spectrograms.
 
-    def __init__(self, sample_rate: int, n_mels: int = 64, scales: tuple[int, ...] = tuple(2**i for i in range(5, 12))):
+    `bins`: mel bins per scale, EnCodec's 64 at every scale by default; DAC's (5, 10, ..., 320) grow with the
+    window, resolving harmonics at the long windows.
+    """
+
+    def __init__(self, sample_rate: int, bins: tuple[int, ...] = (64,) * len(MEL_SCALES)):
         super().__init__()
-        self.mels = nn.ModuleList(LogMel(sample_rate, n_fft, n_mels) for n_fft in scales)
+        self.mels = nn.ModuleList(
+            LogMel(sample_rate, n_fft, n_mels) for n_fft, n_mels in zip(MEL_SCALES, bins, strict=True)
+        )
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = 0.0

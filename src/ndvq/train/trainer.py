@@ -75,6 +75,15 @@ def _rank() -> tuple[int, int]:
     return 0, 1
 
 
+def with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with the keys it lacks, at any depth, taken from `defaults`."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        nested = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        merged[key] = with_defaults(defaults[key], value) if nested else value
+    return merged
+
+
 class Trainer:
     """Trains a Codec and its discriminator from a TrainConfig, writing checkpoints and logs to `run_dir`."""
 
@@ -100,7 +109,8 @@ class Trainer:
             self.model = DistributedDataParallel(self.codec, find_unused_parameters=True)
         self.optimizer = build_optimizer(self.codec, config.optim)
         self.discriminator_optimizer = build_optimizer(self.discriminator, config.optim)
-        self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)
+        self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, config.loss.mel_bins).to(self.device)
+        self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
 
@@ -332,7 +342,7 @@ class Trainer:
         for bandwidth in sorted({bandwidths[0], bandwidths[len(bandwidths) // 2], bandwidths[-1]}):
             output = self.codec(self.valid_batch, self.codec.stages(bandwidth))
             decoded = output.wav
-            results[f"valid/mel_distance_{bandwidth:g}kbps"] = self.mel_loss.distance(decoded, self.valid_batch)
+            results[f"valid/mel_distance_{bandwidth:g}kbps"] = self.mel_metric.distance(decoded, self.valid_batch)
             items = [
                 score(r[0].cpu().numpy(), d[0].cpu().numpy(), rate, ("pesq_wb", "stoi")).values
                 for r, d in zip(self.valid_batch, decoded, strict=True)
@@ -395,8 +405,8 @@ class Trainer:
         state = load_checkpoint(path)
         if state.get("version") != CHECKPOINT_VERSION:
             raise NdvqError(f"{path}: unsupported checkpoint version {state.get('version')}")
-        # A field added to TrainConfig after the checkpoint was written counts as its default there.
-        saved, current = {**TrainConfig().to_dict(), **state["config"]}, self.config.to_dict()
+        # A field added to TrainConfig (or a section of it) after the checkpoint was written counts as its default.
+        saved, current = with_defaults(TrainConfig().to_dict(), state["config"]), self.config.to_dict()
         changed = sorted(k for k in set(saved) | set(current) if json.dumps(saved.get(k)) != json.dumps(current.get(k)))
         changed = [k for k in changed if k not in RESUMABLE_CHANGES and k not in ("model", "codec")]
         if changed:
