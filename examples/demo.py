@@ -50,7 +50,7 @@ def main() -> None:
     if args.model in pretrained.names() and not Path(args.model).is_dir():
         print(
             f"shipped: {pretrained.registry()[args.model].get('description', '')}; this clip's voice is in its "
-            "training data (held-out figures: docs/ndvq-that-learns.md)"
+            "training data (held-out figures: docs/models/speech-16k.md)"
         )
     if codec.entropy is not None:  # what `ndvq compress` does by default with such a model
         weight = codec.entropy.rate_weight
