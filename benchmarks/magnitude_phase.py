@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 from ndvq import Codec
+from ndvq.train.corpus import read_manifest
 
 N_FFT, HOP = 512, 128
 
@@ -44,10 +45,9 @@ def griffin_lim(magnitude: torch.Tensor, length: int, iterations: int = 60) -> t
 
 
 def manifest_files(manifest: Path, count: int) -> list[Path]:
-    rows = [line.split("\t") for line in manifest.read_text().splitlines()[1:] if line.strip()]
-    long_enough = [row[0] for row in rows if float(row[1]) >= 1.0]
+    long_enough = [path for path, seconds in read_manifest(manifest) if seconds >= 1.0]
     step = max(1, len(long_enough) // count)
-    return [manifest.parent / path for path in long_enough[::step][:count]]
+    return long_enough[::step][:count]
 
 
 def main() -> None:
