@@ -11,6 +11,7 @@ from ndvq import pretrained
 from ndvq.config import QUANTIZERS, CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
+from ndvq.train.losses import MEL_SCALES
 
 
 @dataclass
@@ -39,7 +40,7 @@ class OptimConfig:
 class LossConfig:
     waveform: float = 0.5  # L1 on the waveform
     mel: float = 0.5  # multi-scale log-mel, L1 + MSE
-    mel_bins: tuple[int, ...] = (64,) * 7  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, 20, 40, 80, 160, 320]
+    mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
     quantizer: float = 0.5
     adversarial: float = 1.0
     feature: float = 5.0  # relative feature matching
@@ -96,9 +97,10 @@ class TrainConfig:
             raise NdvqError(f"precision: must be fp32 or bf16, got {self.precision!r}")
         if not self.data.train:
             raise NdvqError("data.train: no training data given (a folder of audio files or a manifest)")
-        if len(self.loss.mel_bins) != 7 or min(self.loss.mel_bins) < 1:
+        if len(self.loss.mel_bins) != len(MEL_SCALES) or min(self.loss.mel_bins) < 1:
             raise NdvqError(
-                f"loss.mel_bins: expected 7 positive bin counts (n_fft 32 .. 2048), got {list(self.loss.mel_bins)}"
+                f"loss.mel_bins: expected {len(MEL_SCALES)} positive bin counts (n_fft {MEL_SCALES[0]} .. "
+                f"{MEL_SCALES[-1]}), got {list(self.loss.mel_bins)}"
             )
         if self.cpu_hours < 0:
             raise NdvqError("cpu_hours: must be 0 (no limit) or positive")
