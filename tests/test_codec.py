@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ndvq import Codec, CodecConfig, NdvqError
+from ndvq.modules.conv import reflect_pad
 from ndvq.presets import PRESETS
 
 # Every bandwidth of every preset: (kbps, stages, nominal kbps), from the spec's rule n_q = floor(kbps / per stage).
@@ -186,3 +187,15 @@ def test_non_causal_chunked_stays_close_to_whole(tiny: Codec) -> None:
     chunked = tiny.decode(codes, scale, chunk_seconds=1.0)
     assert chunked.shape == whole.shape
     assert (chunked - whole).abs().max() < 1e-3 * whole.abs().max()
+
+
+@pytest.mark.parametrize(("left", "right", "length"), [(3, 3, 10), (6, 0, 7), (0, 2, 3), (1, 1, 2)])
+def test_reflect_pad_equals_torch_in_values_and_gradients(left: int, right: int, length: int) -> None:
+    x = torch.randn(2, 3, length, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, length + left + right, dtype=torch.float64)
+    ours = reflect_pad(x, left, right)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    theirs = torch.nn.functional.pad(x, (left, right), mode="reflect")
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    assert torch.equal(ours, theirs)
+    assert torch.allclose(grad_ours, grad_theirs)
