@@ -1,6 +1,7 @@
 """Training: learning, distributed consistency, exact resume, failure handling, export."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["nokey"], "expected key=value"),
         (["steps=4", "cooldown_steps=5"], "cooldown_steps: must be between 0 and steps"),
         (["loss.mel_bins=[64, 64]"], r"loss.mel_bins: expected 7 positive bin counts"),
+        (["loss.phase=1", "loss.balancer=true"], "loss.phase: not combined with loss.balancer"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:
@@ -272,3 +274,32 @@ def test_mel_filterbank_and_losses() -> None:
     assert len(logits) == 2 and len(features[0]) == 5
     assert feature_matching_loss(features, features).item() == 0.0
     assert feature_matching_loss(features, discriminator(x + 0.1 * torch.randn_like(x))[1]).item() > 0.0
+
+
+def test_phase_loss_grows_with_phase_jitter() -> None:
+    from ndvq.train.losses import PhaseDerivativeLoss
+
+    torch.manual_seed(0)
+    t = torch.arange(8000) / 16000
+
+    def voiced(phases: torch.Tensor) -> torch.Tensor:  # 150 Hz and 28 harmonics, phases [29, T]: [1, 1, T]
+        harmonics = [torch.sin(2 * math.pi * 150 * k * t + phases[k - 1]) / k for k in range(1, 30)]
+        return 0.05 * sum(harmonics).reshape(1, 1, -1)
+
+    def jittered(size: float) -> torch.Tensor:  # each harmonic's phase a random walk: a rough, hoarse voice
+        return voiced(torch.cumsum(size * torch.randn(29, t.shape[0]), dim=-1))
+
+    x, phase = voiced(torch.zeros(29, t.shape[0])), PhaseDerivativeLoss()
+    losses = [phase(estimate, x).item() for estimate in (x, jittered(0.01), jittered(0.03), 0.05 * torch.randn_like(x))]
+    assert losses[0] < 1e-4 < losses[1] < losses[2] < losses[3] <= 2
+    silent = torch.zeros_like(x, requires_grad=True)  # unit phasors stay smooth at zero magnitude
+    phase(silent, x).backward()
+    assert torch.isfinite(silent.grad).all()
+
+
+def test_phase_weight_adds_the_phase_loss_to_training(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.phase=0.5"), tmp_path / "run")
+    metrics, _ = trainer.train_step(next(trainer._batches()))
+    assert 0 < metrics["phase"] <= 2
+    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
+    assert "phase" not in plain.train_step(next(plain._batches()))[0]

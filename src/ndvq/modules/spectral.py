@@ -21,11 +21,15 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
-def magnitude(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """|STFT| of wav [B, 1, T] (or [B, T]) with window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
+def stft(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Complex STFT of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
     n_fft = window.shape[0]
-    spec = torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft, n_fft // 4, window=window, return_complex=True)
-    return spec.abs()
+    return torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft, n_fft // 4, window=window, return_complex=True)
+
+
+def magnitude(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """|STFT| of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
+    return stft(wav, window).abs()
 
 
 class LogMel(nn.Module):

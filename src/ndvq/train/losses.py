@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ndvq.modules.spectral import LogMel, spectral_distance
+from ndvq.modules.spectral import LogMel, spectral_distance, stft
 
 MEL_SCALES = tuple(2**i for i in range(5, 12))  # n_fft 32 .. 2048
 
@@ -34,6 +34,46 @@ class MultiScaleMelLoss(nn.Module):
     def distance(self, estimate: torch.Tensor, target: torch.Tensor) -> float:
         """Mel distance for reporting: mean over scales of the L1 between log-mels."""
         return spectral_distance(list(self.mels), estimate, target)
+
+
+class PhaseDerivativeLoss(nn.Module):
+    """Distance between the STFT phase derivatives of two waveforms, in time (instantaneous frequency) and
+    in frequency (group delay), weighted by the target's magnitude; mean over n_fft in `scales` (hop n_fft / 4).
+
+    Derivatives, not the phase itself, so that a constant phase offset costs nothing (after APNet's
+    instantaneous-frequency and group-delay losses); each difference d counts 1 - cos(d), which is 0 for a
+    perfect match, smooth everywhere, and needs no unwrapping. Waveforms [B, 1, T] -> scalar in [0, 2].
+    """
+
+    def __init__(self, scales: tuple[int, ...] = (512, 1024, 2048), eps: float = 1e-5) -> None:
+        super().__init__()
+        self.scales, self.eps = scales, eps
+        for n_fft in scales:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for n_fft in self.scales:
+            window = getattr(self, f"window_{n_fft}")
+            spectra = [stft(wav, window) for wav in (estimate, target)]  # [B, bins, frames]
+            # unit phasors (smooth at zero magnitude) and the target's magnitude as the weight
+            est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in spectra)
+            weight = spectra[1].abs().detach()
+            for dim in (-1, -2):  # time: instantaneous frequency; frequency: group delay
+                step_est = _next(est, dim) * _this(est, dim).conj()
+                step_tgt = _next(tgt, dim) * _this(tgt, dim).conj()
+                cosine = (step_est * step_tgt.conj()).real  # cos(derivative difference)
+                w = torch.sqrt(_next(weight, dim) * _this(weight, dim))
+                total = total + ((1 - cosine) * w).sum() / w.sum().clamp_min(1e-8)
+        return total / (2 * len(self.scales))
+
+
+def _this(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.narrow(dim, 0, x.shape[dim] - 1)
+
+
+def _next(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.narrow(dim, 1, x.shape[dim] - 1)
 
 
 def generator_adversarial_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:

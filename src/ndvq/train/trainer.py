@@ -30,6 +30,7 @@ from ndvq.train.logs import MetricLogger, code_counts, codebook_usage, spread_st
 from ndvq.train.losses import (
     Balancer,
     MultiScaleMelLoss,
+    PhaseDerivativeLoss,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
@@ -111,6 +112,7 @@ class Trainer:
         self.discriminator_optimizer = build_optimizer(self.discriminator, config.optim)
         self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, config.loss.mel_bins).to(self.device)
         self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
+        self.phase_loss = PhaseDerivativeLoss().to(self.device)
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
 
@@ -212,6 +214,8 @@ class Trainer:
             output = self.model(wav, self.codec.stages(bandwidth))
         decoded = output.wav.float()
         losses = {"waveform": F.l1_loss(decoded, wav), "mel": self.mel_loss(decoded, wav)}
+        if weights.phase:
+            losses["phase"] = self.phase_loss(decoded, wav)
         if adversarial:
             fake_logits, fake_features = self.discriminator(decoded)
             with torch.no_grad():
