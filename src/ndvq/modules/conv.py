@@ -16,7 +16,7 @@ from ndvq.modules.streaming import Streamable
 
 def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """F.pad(x, (left, right), mode="reflect") for left, right < x.shape[-1], built from flipped slices:
-    the same values and gradients, and on CPU about twice as fast as PyTorch's reflection_pad1d."""
+    the same values and gradients, and faster on CPU than PyTorch's reflection_pad1d (see a profile)."""
     parts = [x[..., 1 : left + 1].flip(-1), x, x[..., x.shape[-1] - right - 1 : -1].flip(-1)]
     return torch.cat(parts, dim=-1)
 
