@@ -22,17 +22,18 @@ import soundfile as sf
 import torch
 
 from ndvq import Codec
+from ndvq.modules import spectral
 from ndvq.train.corpus import read_manifest
 
-N_FFT, HOP = 512, 128
+WINDOW = torch.hann_window(512)  # hop 128, as every STFT of ndvq.modules.spectral
 
 
 def stft(wav: torch.Tensor) -> torch.Tensor:
-    return torch.stft(wav, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)
+    return spectral.stft(wav, WINDOW)[0]  # [T] -> [bins, frames]
 
 
 def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.istft(spec, N_FFT, HOP, window=torch.hann_window(N_FFT), length=length)
+    return torch.istft(spec, len(WINDOW), len(WINDOW) // 4, window=WINDOW, length=length)
 
 
 def griffin_lim(magnitude: torch.Tensor, length: int, iterations: int = 60) -> torch.Tensor:
