@@ -224,6 +224,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["steps=4", "cooldown_steps=5"], "cooldown_steps: must be between 0 and steps"),
         (["loss.mel_bins=[64, 64]"], r"loss.mel_bins: expected 7 positive bin counts"),
         (["loss.phase=1", "loss.balancer=true"], "loss.phase: not combined with loss.balancer"),
+        (["loss.stoi=1", "loss.balancer=true"], "loss.stoi: not combined with loss.balancer"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:
@@ -295,6 +296,40 @@ def test_phase_loss_grows_with_phase_jitter() -> None:
     silent = torch.zeros_like(x, requires_grad=True)  # unit phasors stay smooth at zero magnitude
     phase(silent, x).backward()
     assert torch.isfinite(silent.grad).all()
+
+
+def test_intelligibility_loss_follows_pystoi() -> None:
+    from pystoi import stoi
+
+    from ndvq.train.losses import IntelligibilityLoss, third_octave_bands
+
+    torch.manual_seed(0)
+    t = torch.arange(24000) / 16000  # 1.5 s of a voice at 150 Hz, its loudness rising and falling 4 times a second
+    voice = sum(torch.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 30)) * torch.sin(2 * math.pi * 4 * t) ** 2
+    x = (0.05 * voice).reshape(1, 1, -1)
+    loss = IntelligibilityLoss(16000)
+    assert loss(x, x).item() < 1e-4
+    scores = []
+    for snr_db in (20, 5, -5):
+        noise = torch.randn_like(x)
+        y = x + noise * x.norm() / noise.norm() * 10 ** (-snr_db / 20)
+        scores.append((1 - loss(y, x).item(), stoi(x.flatten().numpy(), y.flatten().numpy(), 16000)))
+    assert scores[0][0] > scores[1][0] > scores[2][0]
+    assert all(abs(ours - reference) < 0.05 for ours, reference in scores), scores
+    # the band matrix is STOI's: 15 one-third octaves from 150 Hz, bins 141 Hz .. 4.27 kHz
+    bands = third_octave_bands(16000, 1024)
+    assert bands.shape == (15, 513) and bands[0].nonzero().min() == 9 and bands[-1].nonzero().max() == 273
+    silent = torch.zeros_like(x, requires_grad=True)
+    loss(silent, x).backward()
+    assert torch.isfinite(silent.grad).all()
+
+
+def test_stoi_weight_adds_the_intelligibility_loss_to_training(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.stoi=0.01"), tmp_path / "run")
+    metrics, _ = trainer.train_step(next(trainer._batches()))
+    assert 0 < metrics["stoi"] <= 2
+    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
+    assert "stoi" not in plain.train_step(next(plain._batches()))[0]
 
 
 def test_phase_weight_adds_the_phase_loss_to_training(tmp_path, corpus) -> None:

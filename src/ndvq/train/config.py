@@ -42,6 +42,7 @@ class LossConfig:
     mel: float = 0.5  # multi-scale log-mel, L1 + MSE
     mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
     phase: float = 0.0  # STFT phase derivatives (losses.PhaseDerivativeLoss); 0: not computed
+    stoi: float = 0.0  # 1 - STOI, differentiable (losses.IntelligibilityLoss); 0: not computed
     quantizer: float = 0.5
     adversarial: float = 1.0
     feature: float = 5.0  # relative feature matching
@@ -103,8 +104,9 @@ class TrainConfig:
                 f"loss.mel_bins: expected {len(MEL_SCALES)} positive bin counts (n_fft {MEL_SCALES[0]} .. "
                 f"{MEL_SCALES[-1]}), got {list(self.loss.mel_bins)}"
             )
-        if self.loss.phase and self.loss.balancer:
-            raise NdvqError("loss.phase: not combined with loss.balancer (its weights are for the other losses)")
+        for name in ("phase", "stoi"):
+            if getattr(self.loss, name) and self.loss.balancer:
+                raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         if self.cpu_hours < 0:
             raise NdvqError("cpu_hours: must be 0 (no limit) or positive")
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):

@@ -29,6 +29,7 @@ from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
 from ndvq.train.logs import MetricLogger, code_counts, codebook_usage, spread_statistics
 from ndvq.train.losses import (
     Balancer,
+    IntelligibilityLoss,
     MultiScaleMelLoss,
     PhaseDerivativeLoss,
     discriminator_loss,
@@ -113,6 +114,7 @@ class Trainer:
         self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, config.loss.mel_bins).to(self.device)
         self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
+        self.stoi_loss = IntelligibilityLoss(codec_config.sample_rate).to(self.device)
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
 
@@ -216,6 +218,8 @@ class Trainer:
         losses = {"waveform": F.l1_loss(decoded, wav), "mel": self.mel_loss(decoded, wav)}
         if weights.phase:
             losses["phase"] = self.phase_loss(decoded, wav)
+        if weights.stoi:
+            losses["stoi"] = self.stoi_loss(decoded, wav)
         if adversarial:
             fake_logits, fake_features = self.discriminator(decoded)
             with torch.no_grad():
