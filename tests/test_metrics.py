@@ -56,3 +56,9 @@ def test_failures_are_reported_not_replaced() -> None:
     silence = np.zeros(16000, np.float32)
     scores = score(silence, silence, 16000, ("pesq_wb", "si_sdr"))
     assert "pesq_wb" not in scores.values and "NoUtterancesError" in scores.errors["pesq_wb"]
+
+
+def test_stoi_fails_on_too_little_speech(pair) -> None:
+    reference, degraded = pair  # 0.3 s: fewer than STOI's 30 frames of 12.8 ms, where pystoi answers 1e-5
+    scores = score(reference[:4800], degraded[:4800], 16000, ("stoi",))
+    assert "stoi" not in scores.values and "under 384 ms of speech" in scores.errors["stoi"]

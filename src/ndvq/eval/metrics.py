@@ -6,6 +6,7 @@ A metric that fails on a pair is reported as an error string, never replaced by 
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 import torch
@@ -85,7 +86,13 @@ def _pesq(mode: str) -> Callable[[np.ndarray, np.ndarray], float]:
 def _stoi(reference: np.ndarray, estimate: np.ndarray) -> float:
     from pystoi import stoi
 
-    return float(stoi(reference, estimate, RATE, extended=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = float(stoi(reference, estimate, RATE, extended=False))
+    # pystoi answers 1e-5 (with a warning) when fewer than 30 frames are left: a failure, not a score
+    if any("Not enough STFT frames" in str(warning.message) for warning in caught):
+        raise ValueError("under 384 ms of speech above STOI's 40 dB silence threshold")
+    return value
 
 
 _VISQOL = None
