@@ -70,6 +70,13 @@ def test_eval_table_csv_json_and_cache(tmp_path, references, capsys) -> None:
     assert next(e for e in again if e["codec"] == "nd")["si_sdr"] == 99.0
     assert cached != (tmp_path / "out" / "summary.json").read_text()
 
+    for path in (tmp_path / "out" / "cache" / "nd").rglob("*.json"):  # made under other metric definitions
+        row = json.loads(path.read_text())
+        path.write_text(json.dumps({**row, "metrics_version": row["metrics_version"] - 1}))
+    assert main(argv) == 0
+    redone = json.loads((tmp_path / "out" / "summary.json").read_text())["summary"]
+    assert json.loads(cached)["summary"] == redone
+
     # Other weights under the same label, or a metric not cached: those rows are redone, not reused.
     argv[argv.index(f"nd={ndvq}")] = f"nd={rvq}"
     argv.insert(argv.index("si_sdr") + 1, "stft_distance")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ndvq.audio import AUDIO_SUFFIXES, atomic_path, read_audio, write_audio
 from ndvq.errors import NdvqError
-from ndvq.eval.metrics import METRICS, VISQOL_MAPPER, score
+from ndvq.eval.metrics import METRICS, METRICS_VERSION, VISQOL_MAPPER, score
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
 
 
@@ -89,6 +89,7 @@ def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> di
         "measured_kbps": coded.bytes * 8 / seconds / 1000,
         **scores.values,
         "errors": scores.errors,
+        "metrics_version": METRICS_VERSION,
     }
     if example:
         write_audio(example, coded.audio, rate)
@@ -125,9 +126,12 @@ def evaluate(
                 cache = out_dir / "cache" / spec.label / bitrate / f"{_key(path)}.json"
                 if cache.is_file():
                     row = json.loads(cache.read_text())
-                    # Reused only if made by the same weights with every metric asked for (failed ones included).
-                    if row.get("system", "") == identities[spec.label] and all(
-                        m in row or m in row["errors"] for m in metrics
+                    # Reused only if made by the same weights and metric definitions, with every metric asked
+                    # for (failed ones included).
+                    if (
+                        row.get("system", "") == identities[spec.label]
+                        and row.get("metrics_version") == METRICS_VERSION
+                        and all(m in row or m in row["errors"] for m in metrics)
                     ):
                         rows.append(row)
                         continue

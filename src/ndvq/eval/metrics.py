@@ -15,6 +15,7 @@ from ndvq.audio import resample
 from ndvq.modules.spectral import LogMagnitude, LogMel, spectral_distance
 
 RATE = 16000
+METRICS_VERSION = 2  # of the metrics' definitions, kept in cached eval rows: rows of another version are redone
 VISQOL_MAPPER = "polynomial (visqol-python speech mode, use_lattice_model=False)"
 # name -> (higher is better, description)
 METRICS: dict[str, tuple[bool, str]] = {
