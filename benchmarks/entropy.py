@@ -67,7 +67,10 @@ def main() -> None:
     plain = {}  # bandwidth -> mean scores of the plain codec
     for bandwidth in args.bandwidth:
         runs = [timed_round_trip(codec, wav, rate, bandwidth, False) for wav, rate in audio]
-        quality = [score(wav, decoded, rate, METRICS) for (wav, rate), (_, decoded, _) in zip(audio, runs, strict=True)]
+        quality = [
+            score(wav, decoded, rate, METRICS, aligned=True)
+            for (wav, rate), (_, decoded, _) in zip(audio, runs, strict=True)
+        ]
         plain[bandwidth] = mean_scores(quality)
 
     print("| weight | kbps | entropy-coded kbps | fewer bits | time added | mel distance (plain) | PESQ-wb (plain) |")
@@ -90,7 +93,7 @@ def main() -> None:
                 stage_bits += tables.bits(codes)
                 elapsed += took
                 if weight:
-                    quality.append(score(wav, decoded, rate, METRICS))
+                    quality.append(score(wav, decoded, rate, METRICS, aligned=True))
             plain_quality = plain[bandwidth]
             actual, nominal = bits / seconds / 1000, codec.bitrate(codec.stages(bandwidth))
             coded = mean_scores(quality) if weight else plain_quality

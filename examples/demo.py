@@ -74,7 +74,7 @@ def main() -> None:
         name = f"{CLIP.stem}_{system.label}_{bitrate}.wav"
         write_audio(args.out / name, coded.audio, rate)
         write_audio(args.out / "eval" / "examples" / system.label / bitrate / f"{_key(CLIP)}.flac", coded.audio, rate)
-        scores = score(wav, coded.audio, rate, METRICS)
+        scores = score(wav, coded.audio, rate, METRICS, aligned=system.aligned)
         kbps = coded.bytes * 8 / seconds / 1000
         rows.append(
             {

@@ -76,7 +76,7 @@ def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> di
     system = _SYSTEMS[label]
     wav, rate = read_audio(path)
     coded = system.code(wav, rate, bitrate)
-    scores = score(wav, coded.audio, rate, metrics)
+    scores = score(wav, coded.audio, rate, metrics, aligned=system.aligned)
     seconds = wav.shape[1] / rate
     row = {
         "codec": label,

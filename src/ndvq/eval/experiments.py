@@ -108,7 +108,13 @@ def robustness(
             length, reference = wav.shape[-1], wav[0, 0].numpy()
             z, scale = codec.latent(wav)
             clean_codes = codec.quantizer.encode(z, n_q)
-            clean = score(reference, _decode(codec, clean_codes, scale, length), codec.sample_rate, ROBUSTNESS_METRICS)
+            clean = score(
+                reference,
+                _decode(codec, clean_codes, scale, length),
+                codec.sample_rate,
+                ROBUSTNESS_METRICS,
+                aligned=True,
+            )
             others = [s for i, s in enumerate(signals) if i != index][:4] or [
                 torch.randn(1, 1, length, generator=generator)
             ]
@@ -124,7 +130,7 @@ def robustness(
                     noisy_z, noisy_scale = codec.latent(wav + _noise_at_snr(wav, noise, snr))
                     codes = codec.quantizer.encode(noisy_z, n_q)
                 decoded = _decode(codec, codes, noisy_scale, length)
-                perturbed = score(reference, decoded, codec.sample_rate, ROBUSTNESS_METRICS)
+                perturbed = score(reference, decoded, codec.sample_rate, ROBUSTNESS_METRICS, aligned=True)
                 row = {"change_rate": (codes != clean_codes).float().mean(dim=(0, 2)).tolist()}
                 for metric in ROBUSTNESS_METRICS:
                     if metric in clean.values and metric in perturbed.values:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ndvq.audio import resample
-from ndvq.modules.spectral import LogMagnitude, LogMel, spectral_distance
+from ndvq.modules.spectral import LogMagnitude, LogMel, mel_filterbank, spectral_distance
 
 RATE = 16000
 METRICS_VERSION = 2  # of the metrics' definitions, kept in cached eval rows: rows of another version are redone
@@ -35,13 +35,42 @@ class Scores:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def align(reference: np.ndarray, degraded: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shift `degraded` by the lag (|lag| <= max_lag samples) maximising cross-correlation, then cut both
-    to their common length. Inputs are 1-D."""
+def delay(reference: np.ndarray, degraded: np.ndarray, max_lag: int, hop: int = 16) -> int:
+    """The delay of `degraded` behind `reference` (1-D, 16 kHz), |delay| <= max_lag samples.
+
+    Coarse, to `hop` samples: the shift minimising the L1 distance of the log-mel spectrograms (n_fft 512,
+    hop `hop`), which holds for codecs whose waveform does not follow the input's (Codec2's synthetic
+    phase, a neural decoder's own phase), where the waveform cross-correlation peaks at arbitrary lags.
+    Fine, within +-hop of it: the peak of the waveform cross-correlation's magnitude.
+    """
+    if min(len(reference), len(degraded)) < 512:  # too short for the spectral search
+        return 0
+    mels = [_log_mel(x, hop) for x in (reference, degraded)]
+    frames = min(m.shape[-1] for m in mels)
+    reference_mel, degraded_mel = (m[:, :frames] for m in mels)
+    limit = min(max_lag // hop, frames - 1)
+    steps = range(-limit, limit + 1)
+    distances = [
+        (reference_mel[:, : frames - k] - degraded_mel[:, k:]).abs().mean()
+        if k >= 0
+        else (reference_mel[:, -k:] - degraded_mel[:, : frames + k]).abs().mean()
+        for k in steps
+    ]
+    coarse = steps[int(torch.stack(distances).argmin())] * hop
     size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
     correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
-    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
-    lag = int(lags[np.argmax(correlation[lags])])
+    lags = np.arange(coarse - hop, coarse + hop + 1)
+    return int(lags[np.argmax(np.abs(correlation[lags % size]))])
+
+
+def _log_mel(x: np.ndarray, hop: int) -> torch.Tensor:
+    """log10 mel power (64 bins, n_fft 512, hop `hop` samples) of a 1-D 16 kHz signal: [64, frames]."""
+    spectrum = torch.stft(torch.from_numpy(x).float(), 512, hop, window=torch.hann_window(512), return_complex=True)
+    return torch.log10(torch.clamp(mel_filterbank(RATE, 512, 64) @ spectrum.abs().pow(2), min=1e-5))
+
+
+def align(reference: np.ndarray, degraded: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Advance `degraded` by `lag` samples (delay it when negative), then cut both to their common length."""
     if lag > 0:
         degraded = degraded[lag:]
     elif lag < 0:
@@ -120,17 +149,29 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def prepare(reference: np.ndarray, estimate: np.ndarray, rate: int, max_lag_seconds: float = 0.1):
-    """Mono 1-D float32 at 16 kHz, aligned and length-matched."""
+def prepare(
+    reference: np.ndarray, estimate: np.ndarray, rate: int, aligned: bool = False, max_lag_seconds: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mono 1-D float32 at 16 kHz, length-matched, and, unless `aligned`, delay-compensated (`delay`)."""
     reference, estimate = (
         resample(np.atleast_2d(x).mean(0, keepdims=True), rate, RATE)[0] for x in (reference, estimate)
     )
-    return align(reference, estimate, int(max_lag_seconds * RATE))
+    lag = 0 if aligned else delay(reference, estimate, int(max_lag_seconds * RATE))
+    return align(reference, estimate, lag)
 
 
-def score(reference: np.ndarray, estimate: np.ndarray, rate: int, metrics: tuple[str, ...] = tuple(METRICS)) -> Scores:
-    """Score `estimate` against `reference` ([T] or [C, T] at `rate` Hz) with each named metric."""
-    reference, estimate = prepare(reference, estimate, rate)
+def score(
+    reference: np.ndarray,
+    estimate: np.ndarray,
+    rate: int,
+    metrics: tuple[str, ...] = tuple(METRICS),
+    aligned: bool = False,
+) -> Scores:
+    """Score `estimate` against `reference` ([T] or [C, T] at `rate` Hz) with each named metric.
+
+    `aligned`: the estimate is sample-aligned with the reference by construction (an NDVQ decode), so no
+    delay is searched for, which could only add error."""
+    reference, estimate = prepare(reference, estimate, rate, aligned)
     scores = Scores()
     for name in metrics:
         try:

@@ -32,6 +32,8 @@ class NdvqSystem:
     """A model directory (or preset) at its bitrates in kbps; with `entropy`, its files are entropy-coded with
     the model's tables (and assigned with their rate weight)."""
 
+    aligned = True  # decodes are sample-aligned with the input by construction: no delay to search for
+
     def __init__(self, label: str, model: str, entropy: bool = False) -> None:
         self.label, self.model, self.entropy = label, model, entropy
         self.codec = Codec.load(model)
@@ -60,6 +62,7 @@ class OpusSystem:
 
     label = "opus"
     identity = ""
+    aligned = False  # opusdec drops the pre-skip, but resampling leaves a sample or two: searched for
 
     def __init__(self) -> None:
         if not (shutil.which("opusenc") and shutil.which("opusdec")):
@@ -83,6 +86,7 @@ class Codec2System:
 
     label = "codec2"
     identity = ""
+    aligned = False  # a delay of about 18 ms (3200) to 30 ms (700C), searched for
 
     def __init__(self) -> None:
         if not (shutil.which("c2enc") and shutil.which("c2dec")):

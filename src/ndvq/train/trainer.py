@@ -352,7 +352,7 @@ class Trainer:
             decoded = output.wav
             results[f"valid/mel_distance_{bandwidth:g}kbps"] = self.mel_metric.distance(decoded, self.valid_batch)
             items = [
-                score(r[0].cpu().numpy(), d[0].cpu().numpy(), rate, ("pesq_wb", "stoi")).values
+                score(r[0].cpu().numpy(), d[0].cpu().numpy(), rate, ("pesq_wb", "stoi"), aligned=True).values
                 for r, d in zip(self.valid_batch, decoded, strict=True)
             ]
             for metric in ("pesq_wb", "stoi"):
