@@ -1,10 +1,12 @@
 """Paired differences between two systems of one `ndvq eval` run, file by file, with 95% intervals.
 
     python benchmarks/paired.py EVAL_DIR B A [--metrics pesq_wb stoi mel_distance]
+    python benchmarks/paired.py EVAL_DIR ndvq@1.5 codec2@3200     # one bitrate of each, e.g. against a target
 
-For every bitrate both systems were scored at: the mean of B's score minus A's on the same files, and
-the half-width of its 95% interval (normal approximation, 1.96 standard errors of the paired
-differences). An interval that excludes zero is a difference these files can tell apart.
+For every bitrate both systems were scored at (or, for LABEL@BITRATE, those two): the mean of B's score
+minus A's on the same files, and the half-width of its 95% interval (normal approximation, 1.96
+standard errors of the paired differences). An interval that excludes zero is a difference these files
+can tell apart.
 """
 
 import argparse
@@ -15,15 +17,21 @@ from pathlib import Path
 
 
 def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, tuple[float, float, int]]:
-    """bitrate -> (mean of b - a, 95% half-width, files) over the files both scored at that bitrate."""
+    """bitrate -> (mean of b - a, 95% half-width, files) over the files both scored at that bitrate; with
+    labels LABEL@BITRATE, one entry ("B_BITRATE/A_BITRATE") over the files both scored at those bitrates."""
+    (b, b_rate), (a, a_rate) = (_label(x) for x in (b, a))
     scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for row in rows:
-        if row["codec"] in (a, b) and row[metric] not in ("", "nan"):
-            scores[row["bitrate"], row["file"]][row["codec"]] = float(row[metric])
+        if row[metric] in ("", "nan"):
+            continue
+        for which, label, rate in (("b", b, b_rate), ("a", a, a_rate)):
+            if row["codec"] == label and rate in (None, row["bitrate"]):
+                bitrate = f"{b_rate}/{a_rate}" if b_rate or a_rate else row["bitrate"]
+                scores[bitrate, row["file"]][which] = float(row[metric])
     differences: dict[str, list[float]] = defaultdict(list)
     for (bitrate, _), pair in scores.items():
         if len(pair) == 2:
-            differences[bitrate].append(pair[b] - pair[a])
+            differences[bitrate].append(pair["b"] - pair["a"])
     out = {}
     for bitrate, values in differences.items():
         n = len(values)
@@ -31,6 +39,11 @@ def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str,
         spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
         out[bitrate] = (mean, 1.96 * spread / math.sqrt(n), n)
     return out
+
+
+def _label(text: str) -> tuple[str, str | None]:
+    label, _, bitrate = text.partition("@")
+    return label, bitrate or None
 
 
 def main() -> None:
@@ -43,12 +56,13 @@ def main() -> None:
     with open(args.eval_dir / "per_utterance.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     labels = {row["codec"] for row in rows}
-    for label in (args.a, args.b):
+    for label in (_label(args.a)[0], _label(args.b)[0]):
         if label not in labels:
             parser.error(f"{args.eval_dir}: no system labelled {label!r} (labels: {', '.join(sorted(labels))})")
     print(f"{args.b} minus {args.a}, paired by file (mean +- 95% half-width, files)")
     for metric in args.metrics:
-        for bitrate, (mean, half, n) in sorted(paired(rows, args.b, args.a, metric).items(), key=lambda i: float(i[0])):
+        results = paired(rows, args.b, args.a, metric)
+        for bitrate, (mean, half, n) in sorted(results.items(), key=lambda i: float(i[0].split("/")[0])):
             print(f"{metric:>14} at {bitrate:>5} kbps: {mean:+.3f} +- {half:.3f} ({n} files)")
 
 
