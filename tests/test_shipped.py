@@ -21,9 +21,9 @@ from ndvq.presets import PRESETS
 ROOT = Path(__file__).parent.parent
 CLIP = ROOT / "examples" / "speech_en_16k.flac"
 WHEEL_LIMIT = 25_000_000  # bytes
-# Measured with the shipped model (fingerprint bcb5fb2309099648) on the clip's first 5 s at 6 kbps, entropy-coded
-# as compress does by default (rate weight 20), scored sample-aligned as `ndvq eval` scores NDVQ: PESQ-wb 1.464,
-# STOI 0.909, mel distance 0.307, 2,747 bytes against 3,800 bit-packed. The untrained speech-16k-small preset
+# Measured with the shipped model (fingerprint d8193feb9a2134a3) on the clip's first 5 s at 6 kbps, entropy-coded
+# as compress does by default (rate weight 20), scored sample-aligned as `ndvq eval` scores NDVQ: PESQ-wb 1.478,
+# STOI 0.913, mel distance 0.306, 2,755 bytes against 3,800 bit-packed. The untrained speech-16k-small preset
 # scores PESQ-wb 1.035, STOI 0.480, mel distance 2.374, and fails all three bounds (set about 0.1 PESQ-wb,
 # 0.1 STOI and 0.15 mel distance from the measured).
 PESQ_WB_FLOOR = 1.37
