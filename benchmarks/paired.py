@@ -41,6 +41,13 @@ def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str,
     return out
 
 
+def _order(bitrate: str) -> float:
+    try:
+        return float(bitrate.split("/")[0])
+    except ValueError:  # a Codec2 mode such as 700C
+        return math.inf
+
+
 def _label(text: str) -> tuple[str, str | None]:
     label, _, bitrate = text.partition("@")
     return label, bitrate or None
@@ -55,6 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.eval_dir / "per_utterance.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    if ("@" in args.a) != ("@" in args.b):
+        parser.error("give a bitrate to both systems (LABEL@BITRATE) or to neither")
     labels = {row["codec"] for row in rows}
     for label in (_label(args.a)[0], _label(args.b)[0]):
         if label not in labels:
@@ -62,8 +71,9 @@ def main() -> None:
     print(f"{args.b} minus {args.a}, paired by file (mean +- 95% half-width, files)")
     for metric in args.metrics:
         results = paired(rows, args.b, args.a, metric)
-        for bitrate, (mean, half, n) in sorted(results.items(), key=lambda i: float(i[0].split("/")[0])):
-            print(f"{metric:>14} at {bitrate:>5} kbps: {mean:+.3f} +- {half:.3f} ({n} files)")
+        unit = "" if "@" in args.a else " kbps"  # a pair's two bitrates may be Codec2 modes
+        for bitrate, (mean, half, n) in sorted(results.items(), key=lambda i: _order(i[0])):
+            print(f"{metric:>14} at {bitrate:>5}{unit}: {mean:+.3f} +- {half:.3f} ({n} files)")
 
 
 if __name__ == "__main__":

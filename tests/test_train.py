@@ -322,6 +322,7 @@ def test_intelligibility_loss_follows_pystoi() -> None:
     silent = torch.zeros_like(x, requires_grad=True)
     loss(silent, x).backward()
     assert torch.isfinite(silent.grad).all()
+    assert loss(x, torch.zeros_like(x)).item() == 0.0  # a silent target is skipped, not scored 0
 
 
 def test_stoi_weight_adds_the_intelligibility_loss_to_training(tmp_path, corpus) -> None:

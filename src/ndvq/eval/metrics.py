@@ -15,7 +15,7 @@ from ndvq.audio import resample
 from ndvq.modules.spectral import LogMagnitude, LogMel, mel_filterbank, spectral_distance
 
 RATE = 16000
-METRICS_VERSION = 2  # of the metrics' definitions, kept in cached eval rows: rows of another version are redone
+METRICS_VERSION = 3  # of the metrics' definitions, kept in cached eval rows: rows of another version are redone
 VISQOL_MAPPER = "polynomial (visqol-python speech mode, use_lattice_model=False)"
 # name -> (higher is better, description)
 METRICS: dict[str, tuple[bool, str]] = {
@@ -35,32 +35,40 @@ class Scores:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def delay(reference: np.ndarray, degraded: np.ndarray, max_lag: int, hop: int = 16) -> int:
-    """The delay of `degraded` behind `reference` (1-D, 16 kHz), |delay| <= max_lag samples.
+def delay(reference: np.ndarray, degraded: np.ndarray, max_lag: int, hop: int = 16, seconds: float = 30.0) -> int:
+    """The delay of `degraded` behind `reference` (1-D, 16 kHz), |delay| <= max_lag samples, from their
+    first `seconds` (the codecs searched for keep one delay).
 
     Coarse, to `hop` samples: the shift minimising the L1 distance of the log-mel spectrograms (n_fft 512,
     hop `hop`), which holds for codecs whose waveform does not follow the input's (Codec2's synthetic
-    phase, a neural decoder's own phase), where the waveform cross-correlation peaks at arbitrary lags.
-    Fine, within +-hop of it: the peak of the waveform cross-correlation's magnitude.
+    phase, a neural decoder's own phase), where the waveform cross-correlation peaks at arbitrary lags;
+    ties (silence) go to the smallest shift. Fine, within +-hop of it: the peak of the waveform
+    cross-correlation's magnitude.
     """
+    reference, degraded = reference[: int(seconds * RATE)], degraded[: int(seconds * RATE)]
     if min(len(reference), len(degraded)) < 512:  # too short for the spectral search
         return 0
     mels = [_log_mel(x, hop) for x in (reference, degraded)]
     frames = min(m.shape[-1] for m in mels)
     reference_mel, degraded_mel = (m[:, :frames] for m in mels)
-    limit = min(max_lag // hop, frames - 1)
-    steps = range(-limit, limit + 1)
-    distances = [
-        (reference_mel[:, : frames - k] - degraded_mel[:, k:]).abs().mean()
-        if k >= 0
-        else (reference_mel[:, -k:] - degraded_mel[:, : frames + k]).abs().mean()
-        for k in steps
-    ]
-    coarse = steps[int(torch.stack(distances).argmin())] * hop
+    limit = min(max_lag // hop, frames // 2)  # at least half the frames overlap
+    steps = sorted(range(-limit, limit + 1), key=abs)  # the first of equal distances is the smallest shift
+    distances = torch.stack(
+        [
+            (reference_mel[:, : frames - k] - degraded_mel[:, k:]).abs().mean()
+            if k >= 0
+            else (reference_mel[:, -k:] - degraded_mel[:, : frames + k]).abs().mean()
+            for k in steps
+        ]
+    )
+    coarse = steps[int(torch.argmin(distances))] * hop
     size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
     correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
-    lags = np.arange(coarse - hop, coarse + hop + 1)
-    return int(lags[np.argmax(np.abs(correlation[lags % size]))])
+    lags = np.arange(max(coarse - hop, -max_lag), min(coarse + hop, max_lag) + 1)
+    magnitude = np.abs(correlation[lags % size])
+    if not magnitude.max() > 0:  # no waveform to refine on
+        return coarse
+    return int(lags[np.argmax(magnitude)])
 
 
 def _log_mel(x: np.ndarray, hop: int) -> torch.Tensor:
@@ -116,12 +124,12 @@ def _pesq(mode: str) -> Callable[[np.ndarray, np.ndarray], float]:
 def _stoi(reference: np.ndarray, estimate: np.ndarray) -> float:
     from pystoi import stoi
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Not enough STFT frames")
         value = float(stoi(reference, estimate, RATE, extended=False))
-    # pystoi answers 1e-5 (with a warning) when fewer than 30 frames are left: a failure, not a score
-    if any("Not enough STFT frames" in str(warning.message) for warning in caught):
-        raise ValueError("under 384 ms of speech above STOI's 40 dB silence threshold")
+    # pystoi answers exactly 1e-5 (and warns) when fewer than 30 frames are left: a failure, not a score
+    if value == 1e-5:
+        raise ValueError("under 30 STOI frames (about 0.4 s) of speech above its 40 dB silence threshold")
     return value
 
 

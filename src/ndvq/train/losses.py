@@ -75,8 +75,8 @@ class IntelligibilityLoss(nn.Module):
     overlap, 15 one-third-octave band envelopes from 150 Hz, the target's frames more than 40 dB under its
     loudest dropped (from both), then the correlation of the two envelopes over every 30-frame (384 ms)
     segment, the estimate's scaled to the target's energy and clipped at -15 dB signal-to-distortion.
-    Items with fewer than 30 frames left use one segment of all of them. For training only: report STOI
-    with pystoi (`ndvq eval`).
+    Items with fewer than 30 frames left (often 0.5 s crops, 38 frames) use one segment of all of them; silent targets
+    are skipped. For training only: report STOI with pystoi (`ndvq eval`).
     """
 
     SEGMENT, DYNAMIC_RANGE_DB, CLIP = 30, 40.0, 1 + 10 ** (15 / 20)
@@ -93,7 +93,9 @@ class IntelligibilityLoss(nn.Module):
         envelope_est, envelope_tgt = (torch.sqrt(self.bands @ power + self.eps) for power in powers)
         loudness = 10 * torch.log10(powers[1].sum(dim=1) + self.eps)  # [B, frames]
         scores = []
-        for est, tgt, level in zip(envelope_est, envelope_tgt, loudness, strict=True):
+        for est, tgt, level, power in zip(envelope_est, envelope_tgt, loudness, powers[1], strict=True):
+            if not power.max() > 0:  # a silent target: nothing to be intelligible
+                continue
             keep = level > level.max() - self.DYNAMIC_RANGE_DB
             est, tgt = est[:, keep], tgt[:, keep]  # [bands, frames]
             length = min(self.SEGMENT, tgt.shape[-1])
