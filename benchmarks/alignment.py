@@ -15,7 +15,7 @@ import numpy as np
 
 from ndvq.audio import read_audio
 from ndvq.eval.compare import reference_files
-from ndvq.eval.metrics import RATE, delay, prepare
+from ndvq.eval.metrics import RATE, cross_correlation, delay, prepare
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
 
 MAX_LAG = int(0.1 * RATE)
@@ -23,10 +23,8 @@ MAX_LAG = int(0.1 * RATE)
 
 def waveform_peak(reference: np.ndarray, degraded: np.ndarray) -> int:
     """The lag (|lag| <= 100 ms) of the largest (signed) waveform cross-correlation: the former rule."""
-    size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
-    correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
     lags = np.arange(-MAX_LAG, MAX_LAG + 1)
-    return int(lags[np.argmax(correlation[lags % size])])
+    return int(lags[np.argmax(cross_correlation(reference, degraded, lags))])
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ndvq.audio import resample
-from ndvq.modules.spectral import LogMagnitude, LogMel, mel_filterbank, spectral_distance
+from ndvq.modules.spectral import LogMagnitude, LogMel, spectral_distance
 
 RATE = 16000
 METRICS_VERSION = 3  # of the metrics' definitions, kept in cached eval rows: rows of another version are redone
@@ -48,7 +48,8 @@ def delay(reference: np.ndarray, degraded: np.ndarray, max_lag: int, hop: int = 
     reference, degraded = reference[: int(seconds * RATE)], degraded[: int(seconds * RATE)]
     if min(len(reference), len(degraded)) < 512:  # too short for the spectral search
         return 0
-    mels = [_log_mel(x, hop) for x in (reference, degraded)]
+    envelope = LogMel(RATE, 512, 64, hop)
+    mels = [envelope(torch.from_numpy(x)[None, None])[0] for x in (reference, degraded)]  # [64, frames]
     frames = min(m.shape[-1] for m in mels)
     reference_mel, degraded_mel = (m[:, :frames] for m in mels)
     limit = min(max_lag // hop, frames // 2)  # at least half the frames overlap
@@ -62,19 +63,18 @@ def delay(reference: np.ndarray, degraded: np.ndarray, max_lag: int, hop: int = 
         ]
     )
     coarse = steps[int(torch.argmin(distances))] * hop
-    size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
-    correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
     lags = np.arange(max(coarse - hop, -max_lag), min(coarse + hop, max_lag) + 1)
-    magnitude = np.abs(correlation[lags % size])
+    magnitude = np.abs(cross_correlation(reference, degraded, lags))
     if not magnitude.max() > 0:  # no waveform to refine on
         return coarse
     return int(lags[np.argmax(magnitude)])
 
 
-def _log_mel(x: np.ndarray, hop: int) -> torch.Tensor:
-    """log10 mel power (64 bins, n_fft 512, hop `hop` samples) of a 1-D 16 kHz signal: [64, frames]."""
-    spectrum = torch.stft(torch.from_numpy(x).float(), 512, hop, window=torch.hann_window(512), return_complex=True)
-    return torch.log10(torch.clamp(mel_filterbank(RATE, 512, 64) @ spectrum.abs().pow(2), min=1e-5))
+def cross_correlation(reference: np.ndarray, degraded: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """sum_t degraded[t + lag] * reference[t] at each lag in `lags` (samples, positive: degraded late), by FFT."""
+    size = 1 << int(np.ceil(np.log2(len(reference) + len(degraded))))
+    correlation = np.fft.irfft(np.fft.rfft(degraded, size) * np.conj(np.fft.rfft(reference, size)), size)
+    return correlation[lags % size]
 
 
 def align(reference: np.ndarray, degraded: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:

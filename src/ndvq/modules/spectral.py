@@ -21,27 +21,31 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
-def stft(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Complex STFT of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
+def stft(wav: torch.Tensor, window: torch.Tensor, hop: int | None = None) -> torch.Tensor:
+    """Complex STFT of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop in samples (n_fft / 4 if
+    None): [B, bins, frames]."""
     n_fft = window.shape[0]
-    return torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft, n_fft // 4, window=window, return_complex=True)
+    hop = hop or n_fft // 4
+    return torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft, hop, window=window, return_complex=True)
 
 
-def magnitude(wav: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """|STFT| of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop = n_fft / 4: [B, bins, frames]."""
-    return stft(wav, window).abs()
+def magnitude(wav: torch.Tensor, window: torch.Tensor, hop: int | None = None) -> torch.Tensor:
+    """|STFT| of wav [B, 1, T] (or [B, T]), window = n_fft = len(window), hop as `stft`: [B, bins, frames]."""
+    return stft(wav, window, hop).abs()
 
 
 class LogMel(nn.Module):
-    """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop = n_fft / 4."""
+    """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop in samples
+    (n_fft / 4 if None)."""
 
-    def __init__(self, sample_rate: int, n_fft: int, n_mels: int = 64) -> None:
+    def __init__(self, sample_rate: int, n_fft: int, n_mels: int = 64, hop: int | None = None) -> None:
         super().__init__()
+        self.hop = hop
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return torch.log10(torch.clamp(self.filters @ magnitude(wav, self.window).pow(2), min=1e-5))
+        return torch.log10(torch.clamp(self.filters @ magnitude(wav, self.window, self.hop).pow(2), min=1e-5))
 
 
 class LogMagnitude(nn.Module):
