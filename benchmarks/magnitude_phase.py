@@ -22,8 +22,8 @@ import soundfile as sf
 import torch
 
 from ndvq import Codec
+from ndvq.manifest import read_manifest
 from ndvq.modules import spectral
-from ndvq.train.corpus import read_manifest
 
 WINDOW = torch.hann_window(512)  # hop 128, as every STFT of ndvq.modules.spectral
 

@@ -15,8 +15,8 @@ import torch
 
 from ndvq import NdvqError
 from ndvq.cli import main
+from ndvq.manifest import read_manifest, write_manifest
 from ndvq.train import corpus
-from ndvq.train.corpus import read_manifest
 from ndvq.train.data import AudioDataset
 
 
@@ -76,7 +76,7 @@ def test_file_broken_after_a_valid_header_does_not_crash(tmp_path, caplog) -> No
 
 def test_file_missing_from_a_manifest_is_replaced_by_the_next(tmp_path, caplog) -> None:
     sf.write(tmp_path / "a.wav", tone(1.0, 16000), 16000)
-    corpus.write_manifest(tmp_path / "list.tsv", [(tmp_path / "gone.wav", 1.0), (tmp_path / "a.wav", 1.0)])
+    write_manifest(tmp_path / "list.tsv", [(tmp_path / "gone.wav", 1.0), (tmp_path / "a.wav", 1.0)])
     dataset = AudioDataset(tmp_path / "list.tsv", 16000, 0.5)
     with caplog.at_level(logging.WARNING, logger="ndvq"):
         assert torch.equal(dataset[0], dataset[1])
@@ -94,7 +94,7 @@ def test_no_usable_file_is_an_error(tmp_path) -> None:
 
 def test_manifest_round_trip_and_errors(tmp_path) -> None:
     sf.write(tmp_path / "a.wav", tone(1.0, 16000), 16000)
-    corpus.write_manifest(tmp_path / "m" / "list.tsv", [(tmp_path / "a.wav", 1.0)])
+    write_manifest(tmp_path / "m" / "list.tsv", [(tmp_path / "a.wav", 1.0)])
     assert read_manifest(tmp_path / "m" / "list.tsv") == [((tmp_path / "a.wav").resolve(), 1.0)]
     assert len(AudioDataset(tmp_path / "m" / "list.tsv", 16000, 0.5)) == 1
     for number, body in enumerate(["a.wav\tlong", "a.wav", "a.wav\tnan", "a.wav\t1\textra"]):

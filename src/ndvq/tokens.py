@@ -96,7 +96,7 @@ def source_files(source: str | os.PathLike) -> list[Entry]:
                 seconds = 0.0  # encode_file says why, as the file's failure
             entries.append(Entry(path.relative_to(source).as_posix(), str(path), seconds))
     elif source.is_file():
-        from ndvq.train.corpus import read_manifest
+        from ndvq.manifest import read_manifest
 
         rows = read_manifest(source)  # checks every line
         names = [line.split("\t")[0] for line in source.read_text(encoding="utf-8-sig").splitlines()[1:]]

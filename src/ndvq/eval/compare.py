@@ -48,7 +48,7 @@ def reference_files(source: Path, limit: int | None = None) -> list[Path]:
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     elif source.suffix == ".tsv":
-        from ndvq.train.corpus import read_manifest
+        from ndvq.manifest import read_manifest
 
         files = [path for path, _ in read_manifest(source)]
     else:

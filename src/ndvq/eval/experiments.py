@@ -11,7 +11,7 @@ import torch
 from ndvq.audio import atomic_path, read_audio, resample
 from ndvq.codec import Codec
 from ndvq.eval.metrics import METRICS, score
-from ndvq.train.logs import codebook_usage
+from ndvq.quantization.usage import codebook_usage
 
 LATENT_SNRS = (30.0, 20.0, 10.0, 5.0)
 INPUT_SNRS = (30.0, 20.0, 10.0)

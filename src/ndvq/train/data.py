@@ -10,7 +10,7 @@ import torch
 
 from ndvq.audio import AUDIO_SUFFIXES, resample
 from ndvq.errors import NdvqError
-from ndvq.train.corpus import read_manifest
+from ndvq.manifest import read_manifest
 
 log = logging.getLogger("ndvq")
 

@@ -22,11 +22,12 @@ from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.eval.metrics import score
 from ndvq.quantization import ResidualQuantizer
+from ndvq.quantization.usage import code_counts, codebook_usage
 from ndvq.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ndvq.train.config import OptimConfig, TrainConfig, save_config
 from ndvq.train.data import AudioDataset
 from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
-from ndvq.train.logs import MetricLogger, code_counts, codebook_usage, spread_statistics
+from ndvq.train.logs import MetricLogger, spread_statistics
 from ndvq.train.losses import (
     Balancer,
     IntelligibilityLoss,
