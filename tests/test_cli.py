@@ -186,6 +186,37 @@ def test_bad_options(tmp_path, capsys, clip, argv: list[str], message: str) -> N
     assert files(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "REF", "--out", "OUT", "--model", "tiny", "-b", "abc"], "expected a bitrate in kbps, got 'abc'"),
+        (["eval", "REF", "--out", "OUT", "--opus", "-6"], "expected a bitrate in kbps, got '-6'"),
+        (["compress", "REF", "OUT", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, capsys, clip, argv: list[str], message: str) -> None:
+    argv = [{"REF": str(clip), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and message in err and "--help" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_summary_that_is_not_one(tmp_path, capsys) -> None:
+    (tmp_path / "summary.json").write_text("{}")
+    code, _, err = run(capsys, "report", tmp_path)
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {tmp_path / 'summary.json'}", "not an `ndvq eval` summary")
+    assert files(tmp_path) == ["summary.json"]
+
+
+def test_output_folder_under_a_file_is_one_line(tmp_path, capsys, clip) -> None:
+    code, _, err = run(capsys, "fit-entropy", "tiny", clip, "--out", clip / "model", "--limit", "1")
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {clip / 'model'}", f"({clip} is not a directory)")
+
+
 def test_directory_continues_past_a_bad_file(tmp_path, capsys, speech) -> None:
     wav, rate = speech
     (tmp_path / "in").mkdir()

@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+import re
 
 import pytest
 import torch
@@ -129,6 +130,48 @@ def test_invalid_model_directory_is_rejected(tmp_path, tiny: Codec, break_model,
     break_model(tmp_path)
     with pytest.raises(NdvqError, match=message):
         Codec.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"strides": [0]}, "strides[0] must be a positive integer"),
+        ({"sample_rate": 0}, "sample_rate must be a positive integer"),
+        ({"n_filters": -1}, "n_filters must be a positive integer"),
+        ({"dimension": 0}, "dimension must be a positive integer"),
+        ({"lstm_layers": -1}, "lstm_layers must be a non-negative integer"),
+        ({"bandwidths": [0]}, "bandwidths must be positive numbers"),
+    ],
+)
+def test_impossible_config_values_are_refused_naming_the_file(tmp_path, tiny: Codec, change, message: str) -> None:
+    tiny.save(tmp_path)
+    document = json.loads((tmp_path / "config.json").read_text())
+    document["config"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    with pytest.raises(NdvqError, match=f"{tmp_path}.*invalid config: {re.escape(message)}"):
+        Codec.load(tmp_path)
+
+
+def test_a_failed_save_leaves_the_model_directory_as_it_was(tmp_path, tiny: Codec, monkeypatch) -> None:
+    tiny.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    torch.manual_seed(5)
+    other = Codec(tiny.config)
+    writes = []
+
+    def write_bytes_then_fail(self: Path, content: bytes) -> int:
+        writes.append(self)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        return original(self, content)
+
+    original = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", write_bytes_then_fail)
+    with pytest.raises(OSError):
+        other.save(tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, no temporary file
+    assert Codec.load(tmp_path).identity() == tiny.identity()
 
 
 def _unchecked(model: Path) -> Path:

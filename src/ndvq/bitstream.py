@@ -32,7 +32,7 @@ the same fields with version 2, then after the scales
 
 The payload's size is not implied by the header, so a reader bounds the codes it will decode by it:
 at most entropy.MAX_SYMBOLS_PER_BYTE codes per payload byte (plus a small allowance), which every file
-the coder writes satisfies (each symbol costs at least log2(64/63) bits there).
+the coder writes satisfies (each symbol costs at least log2(128/127) bits there).
 
 Readers check every field (`check`) before anything is allocated: a valid CRC only says the file was not
 damaged after it was written, not that its writer was sound. Beyond the checksum, the fields must be

@@ -4,12 +4,14 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import logging
+import math
 import os
 from pathlib import Path
 import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -173,14 +175,34 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in one line (and exit code 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _kbps(text: str) -> str:
+    """A bitrate argument, kept as written (it names cache folders) once it is known to be a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a bitrate in kbps, got {text!r}")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ndvq", description="NDVQ neural speech codec.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ndvq", description="NDVQ neural speech codec.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, help_text: str, bandwidth: bool = True, model: bool = True) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("input", type=Path, help="input file, or a directory processed recursively")
-        if name != "info":
+        if name == "info":
+            command.add_argument("input", type=Path, help="an .ndvq file")
+        else:
+            command.add_argument("input", type=Path, help="input file, or a directory processed recursively")
             command.add_argument("output", type=Path, help="output file, or directory mirroring the input tree")
         if bandwidth:
             command.add_argument(
@@ -264,8 +286,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[LABEL=]DIR",
         help="a model with entropy tables, its files entropy-coded (as compress --entropy)",
     )
-    evaluate.add_argument("-b", "--bandwidth", nargs="+", default=["1.5", "3", "6"], help="model bitrates, kbps")
-    evaluate.add_argument("--opus", nargs="*", default=[], metavar="KBPS", help="Opus bitrates (opus-tools)")
+    evaluate.add_argument(
+        "-b", "--bandwidth", nargs="+", type=_kbps, default=["1.5", "3", "6"], help="model bitrates, kbps"
+    )
+    evaluate.add_argument(
+        "--opus", nargs="*", type=_kbps, default=[], metavar="KBPS", help="Opus bitrates (opus-tools)"
+    )
     evaluate.add_argument("--codec2", nargs="*", default=[], metavar="MODE", help="Codec2 modes, e.g. 3200 700C")
     evaluate.add_argument("--metrics", nargs="+", default=None, help="subset of metrics (default: all)")
     evaluate.add_argument("--limit", type=int, help="only the first N reference files")
@@ -299,10 +325,10 @@ _TOKENIZE_HELP = (
     "the shards are split between the ranks."
 )
 _FIT_ENTROPY_HELP = (
-    "Code the training audio at the model's highest bitrate and fit integer probability tables per stage "
-    "(code frequencies, and how often a code repeats the previous frame's) for `ndvq compress --entropy`. "
-    "The tables are saved with the model (entropy.safetensors, checksummed in config.json); files compressed "
-    "without --entropy stay valid."
+    "Code the training audio at the model's highest bitrate and fit integer probability tables per stage, "
+    "each chosen by a context (the group of the previous stage's code, or of the previous frame's for stage 1; "
+    "see ndvq/entropy.py). The tables are saved with the model (entropy.safetensors, checksummed in "
+    "config.json); `ndvq compress` then entropy-codes by default, and files bit-packed before stay valid."
 )
 _REPORT_HELP = (
     "Write one self-contained HTML page (report.html) from an `ndvq eval` results directory: the summary, "
@@ -406,14 +432,17 @@ def _fit_entropy(args: argparse.Namespace, progress: bool) -> int:
         raise NdvqError(f"{args.model}: not a model directory; give --out to write the model with its tables")
     if args.limit is not None and args.limit < 1:
         raise NdvqError(f"--limit must be at least 1, got {args.limit}")
+    out = args.out or Path(args.model)
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir():  # refused before the fitting, not after
+        raise NdvqError(f"{out}: cannot write a model there ({existing} is not a directory)")
     codec = Codec.load(args.model)
     tables, files, failures = fit_entropy(codec, args.source, args.limit, progress, rate_weight=args.rate_weight)
     for path, reason in failures:
         log.warning("skipped %s: %s", path, reason)
     codec.set_entropy(tables)
-    out = args.out or Path(args.model)
     codec.save(out)
-    print(f"{out}: entropy tables for {codec.num_codebooks} stages fitted on {files} files; compress with --entropy")
+    print(f"{out}: entropy tables for {codec.num_codebooks} stages fitted on {files} files; compress entropy-codes")
     return 0
 
 
@@ -441,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         with _stop_signals_raise():
             return _command(args, progress)
     except NdvqError as error:
+        log.error("error: %s", error)
+        return 1
+    except OSError as error:  # a file system refusal that no command turned into an NdvqError: still one line
         log.error("error: %s", error)
         return 1
     except KeyboardInterrupt:

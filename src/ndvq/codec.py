@@ -1,7 +1,7 @@
 """The codec: SEANet encoder, residual quantizer (NDVQ or the RVQ baseline), SEANet decoder."""
 
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 import hashlib
 import json
 import logging
@@ -19,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ndvq import pretrained
+from ndvq.audio import atomic_path
 from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
 from ndvq.entropy import EntropyModel, check_rate_weight
@@ -305,7 +306,6 @@ class Codec(nn.Module):
         if storage not in STORAGES:
             raise NdvqError(f"unknown weight storage {storage!r} (storages: {', '.join(STORAGES)})")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
         if storage == "float16":
             tensors = {name: _to_storage(name, t) for name, t in tensors.items()}
@@ -325,9 +325,12 @@ class Codec(nn.Module):
             document["entropy_sha256"] = hashlib.sha256(files[-1][1]).hexdigest()
             if self.entropy.rate_weight:
                 document["entropy_rate_weight"] = self.entropy.rate_weight
-        for name, content in [*files, (CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())]:
-            (directory / f".{name}.tmp").write_bytes(content)
-            os.replace(directory / f".{name}.tmp", directory / name)
+        files.append((CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode()))
+        # Every file is written beside its target before any replaces its target (the config last, as the
+        # stack unwinds): a failure part way leaves the directory as it was, and no temporary file.
+        with ExitStack() as stack:
+            for name, content in reversed(files):
+                stack.enter_context(atomic_path(directory / name)).write_bytes(content)
         if self.entropy is None:
             (directory / ENTROPY_FILE).unlink(missing_ok=True)
 

@@ -33,6 +33,22 @@ class CodecConfig:
     bandwidths: tuple[float, ...] = (1.0, 1.5, 3.0, 4.5, 6.0, 9.0, 12.0, 16.0, 24.0)
 
     def __post_init__(self) -> None:
+        positive = {"sample_rate": self.sample_rate, "n_filters": self.n_filters, "dimension": self.dimension}
+        positive |= {"num_codebooks": self.num_codebooks, "codebook_dim": self.codebook_dim or 1}
+        positive |= {f"strides[{i}]": stride for i, stride in enumerate(self.strides)}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_residual_layers", "lstm_layers", "kmeans_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not self.strides:
+            raise ValueError("strides must not be empty")
+        if not all(isinstance(b, (int, float)) and 0 < b < math.inf for b in self.bandwidths):
+            raise ValueError(f"bandwidths must be positive numbers of kbps, got {self.bandwidths!r}")
+        if not (isinstance(self.variance_floor, (int, float)) and self.variance_floor > 0):
+            raise ValueError(f"variance_floor must be positive, got {self.variance_floor!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         for name, allowed in (

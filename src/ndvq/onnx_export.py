@@ -16,8 +16,11 @@ causal models take any number of frames. onnx.json beside the graphs describes t
 import importlib
 import json
 import math
+import os
 from pathlib import Path
+import tempfile
 from types import ModuleType
+from typing import Any
 import warnings
 
 import torch
@@ -176,19 +179,33 @@ def export_onnx(codec: Codec, out_dir: str | Path, bandwidths: list[float] | Non
     bandwidths = list(codec.bandwidths if bandwidths is None else bandwidths)
     stages = [codec.stages(bandwidth) for bandwidth in bandwidths]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NdvqError(f"{out_dir}: cannot create ({error.strerror or error})") from None
+    # Built in a hidden folder inside out_dir and moved in only when all are written and checked: a failure
+    # or an interruption leaves no partial graph behind.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as building:
+        files = _write_graphs(onnx, codec, Path(building), bandwidths, stages)
+        for name in files:
+            os.replace(Path(building) / name, out_dir / name)
+    return [out_dir / name for name in files]
+
+
+def _write_graphs(onnx: Any, codec: Codec, folder: Path, bandwidths: list[float], stages: list[int]) -> list[str]:
+    """Export and check the graphs into folder, then write the manifest; return the file names, manifest last."""
     model, hop = exportable(codec), codec.hop_length
     frames = 2 * MIN_FRAMES + 3
     audio = torch.zeros(2, 1, frames * hop).uniform_(-1, 1, generator=torch.Generator().manual_seed(0))
     encoders, paths = [], []
     for bandwidth, n_q in zip(bandwidths, stages, strict=True):
-        path = out_dir / f"encoder-{bandwidth:g}kbps.onnx"
+        path = folder / f"encoder-{bandwidth:g}kbps.onnx"
         axes = ({0: "batch", 2: "samples"}, {0: "batch", 2: "frames"})
         _export(_Encoder(model, n_q).eval(), audio, path, ("audio", "codes"), axes)
         encoders.append({"file": path.name, "bandwidth": bandwidth, "n_q": n_q})
         paths.append(path)
     codes = torch.randint(codec.codebook_size, (2, codec.num_codebooks, frames))
-    path = out_dir / "decoder.onnx"
+    path = folder / "decoder.onnx"
     axes = ({0: "batch", 1: "n_q", 2: "frames"}, {0: "batch", 2: "samples"})
     _export(_Decoder(model).eval(), codes, path, ("codes", "audio"), axes)
     paths.append(path)
@@ -206,5 +223,5 @@ def export_onnx(codec: Codec, out_dir: str | Path, bandwidths: list[float] | Non
         "encoders": encoders,
         "decoder": {"file": path.name, "n_q": [1, codec.num_codebooks], "output": "audio [B, 1, F * hop] / scale"},
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return [*paths, out_dir / MANIFEST]
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return [*(path.name for path in paths), MANIFEST]

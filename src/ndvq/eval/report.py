@@ -45,6 +45,8 @@ def write_report(results_dir: Path, out: Path | None = None, examples_per_bitrat
     if not results_dir.is_dir():
         raise NdvqError(f"{results_dir}: no such directory")
     document = _read_json(results_dir / "summary.json", required=True)
+    if not isinstance(document, dict) or not isinstance(document.get("summary"), list):
+        raise NdvqError(f"{results_dir / 'summary.json'}: not an `ndvq eval` summary (no 'summary' list)")
     title = escape(f"NDVQ evaluation: {results_dir.resolve().name}")
     parts = [f"<h1>{title}</h1>", _summary_section(document)]
     usage = _read_json(results_dir / "usage.json")

@@ -93,11 +93,12 @@ class Codec2System:
             raise NdvqError("codec2: c2enc/c2dec not found (Debian package codec2)")
 
     def kbps(self, bitrate: str) -> float:
+        if bitrate not in CODEC2_MODES:
+            raise NdvqError(f"codec2: unknown mode {bitrate} (modes: {', '.join(CODEC2_MODES)})")
         return CODEC2_MODES[bitrate]
 
     def code(self, wav: np.ndarray, rate: int, bitrate: str) -> Coded:
-        if bitrate not in CODEC2_MODES:
-            raise NdvqError(f"codec2: unknown mode {bitrate} (modes: {', '.join(CODEC2_MODES)})")
+        self.kbps(bitrate)  # checks the mode
         narrow = resample(wav.mean(0, keepdims=True), rate, 8000)[0]
         with tempfile.TemporaryDirectory() as folder:
             source, coded, decoded = (os.path.join(folder, n) for n in ("in.raw", "out.c2", "out.raw"))
