@@ -42,6 +42,17 @@ def open_audio(path: str | os.PathLike) -> Iterator[sf.SoundFile]:
         yield audio
 
 
+def audio_files(folder: str | os.PathLike, suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> list[Path]:
+    """Every file below folder (recursively) whose suffix, in any case, is one of `suffixes`; sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def audio_seconds(path: str | os.PathLike) -> float:
+    """A file's duration in seconds, from its header; NdvqError naming the file as open_audio's."""
+    with open_audio(path) as audio:
+        return audio.frames / audio.samplerate
+
+
 def audio_blocks(audio: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
     """An open file from its start, as float32 blocks [C, <= frames] (-1: all at once), each checked to be
     finite."""

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ndvq import bitstream, tokens
-from ndvq.audio import AUDIO_SUFFIXES, check_output, read_bytes, subtype_like
+from ndvq.audio import AUDIO_SUFFIXES, audio_files, check_output, read_bytes, subtype_like
 from ndvq.codec import Codec
 from ndvq.compress import compress_file, decode_to_file, decompress_file, encode_file
 from ndvq.entropy import check_rate_weight
@@ -132,7 +132,7 @@ def _jobs(source: Path, target: Path, suffixes: tuple[str, ...], new_suffix: str
         return
     if target.exists() and not target.is_dir():
         raise NdvqError(f"{target}: must be a directory when the input {source} is one")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    files = audio_files(source, suffixes)
     if not files:
         raise NdvqError(f"{source}: no files with suffix {', '.join(suffixes)} below this directory")
     for path in files:

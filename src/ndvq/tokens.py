@@ -28,16 +28,16 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from ndvq import bitstream
-from ndvq.audio import AUDIO_SUFFIXES, atomic_path
+from ndvq.audio import AUDIO_SUFFIXES, atomic_path, audio_files, audio_seconds
 from ndvq.codec import Codec
 from ndvq.compress import codes_identity, encode_file
 from ndvq.errors import NdvqError
+from ndvq.manifest import read_manifest
 
 FORMAT = "ndvq-tokens"
 VERSION = 1
@@ -88,16 +88,13 @@ def source_files(source: str | os.PathLike) -> list[Entry]:
     source = Path(source)
     if source.is_dir():
         entries = []
-        for path in sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES):
+        for path in audio_files(source):
             try:
-                info = sf.info(str(path))
-                seconds = info.frames / info.samplerate
-            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+                seconds = audio_seconds(path)
+            except NdvqError:
                 seconds = 0.0  # encode_file says why, as the file's failure
             entries.append(Entry(path.relative_to(source).as_posix(), str(path), seconds))
     elif source.is_file():
-        from ndvq.manifest import read_manifest
-
         rows = read_manifest(source)  # checks every line
         names = [line.split("\t")[0] for line in source.read_text(encoding="utf-8-sig").splitlines()[1:]]
         entries = [Entry(name, str(path), seconds) for name, (path, seconds) in zip(names, rows, strict=True)]

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from ndvq.audio import atomic_path, read_audio, read_bytes, resample
+from ndvq.audio import atomic_path, audio_seconds, read_audio, read_bytes, resample
 from ndvq.errors import NdvqError
 from ndvq.manifest import write_manifest
 
@@ -183,11 +183,10 @@ def libritts_manifests(root: Path, out_dir: Path) -> Summary:
         for subset in names:
             for path in sorted((root / subset).glob("*/*/*.wav")):
                 try:
-                    info = sf.info(str(path))
-                except (sf.LibsndfileError, RuntimeError) as error:
-                    log.warning("skipped %s: %s", path, str(error).splitlines()[0])
+                    row = (path, audio_seconds(path))
+                except NdvqError as error:
+                    log.warning("skipped %s", error)
                     continue
-                row = (path, info.frames / info.samplerate)
                 splits.setdefault(split, []).append(row)
                 subsets.setdefault(subset, []).append(row)
     if not splits:

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ndvq.audio import AUDIO_SUFFIXES, resample
+from ndvq.audio import audio_files, audio_seconds, resample
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
 
@@ -18,12 +18,11 @@ log = logging.getLogger("ndvq")
 def _scan(folder: Path) -> tuple[list[tuple[Path, float]], list[tuple[str, str]]]:
     """Audio files below folder, sorted, with their durations in seconds; and (path, reason) of unreadable ones."""
     files, skipped = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES):
+    for path in audio_files(folder):
         try:
-            info = sf.info(str(path))
-            files.append((path, info.frames / info.samplerate))
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            skipped.append((str(path), (str(error).splitlines() or [type(error).__name__])[0]))
+            files.append((path, audio_seconds(path)))
+        except NdvqError as error:
+            skipped.append((str(path), str(error).removeprefix(f"{path}: ")))
     return files, skipped
 
 
