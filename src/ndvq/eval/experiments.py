@@ -11,7 +11,7 @@ import torch
 from ndvq.audio import atomic_path, read_audio, resample
 from ndvq.codec import Codec
 from ndvq.eval.metrics import METRICS, score
-from ndvq.quantization.usage import codebook_usage
+from ndvq.quantization.usage import code_counts, codebook_usage
 
 LATENT_SNRS = (30.0, 20.0, 10.0, 5.0)
 INPUT_SNRS = (30.0, 20.0, 10.0)
@@ -44,7 +44,7 @@ def usage(models: list[tuple[str, str]], files: list[Path], out_dir: Path, bandw
         counts = torch.zeros(n_q, codec.codebook_size, dtype=torch.long)
         for path in files:
             codes, _ = codec.encode(_mono_at(codec, path), bandwidth)
-            counts.scatter_add_(1, codes[0], torch.ones_like(codes[0]))
+            counts += code_counts(codes, codec.codebook_size)
         results[label] = usage_statistics(counts)
     lines = [f"Codebook usage at {bandwidth:g} kbps over {len(files)} files", ""]
     lines += ["| model | stage | entropy (bits) | of | perplexity | unused |", "|---|---|---|---|---|---|"]
