@@ -94,6 +94,11 @@ def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     return np.ascontiguousarray(soxr.resample(wav.T, source_rate, target_rate).T, dtype=np.float32)
 
 
+def mono_at(wav: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Audio [C, T] at `rate` mixed down to mono and resampled: float32 [T'] at `target_rate`."""
+    return resample(wav.mean(axis=0, keepdims=True), rate, target_rate)[0]
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a new empty file beside `path` (hidden, same suffix), renamed onto `path` only if the block succeeds

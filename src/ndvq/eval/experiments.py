@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ndvq.audio import atomic_path, read_audio, resample
+from ndvq.audio import atomic_path, mono_at, read_audio
 from ndvq.codec import Codec
 from ndvq.eval.metrics import METRICS, score
 from ndvq.quantization.usage import code_counts, codebook_usage
@@ -21,7 +21,7 @@ ROBUSTNESS_METRICS = ("pesq_wb", "stoi", "mel_distance")
 def _mono_at(codec: Codec, path: Path) -> torch.Tensor:
     """A file as mono audio at the model's rate: [1, 1, T]."""
     wav, rate = read_audio(path)
-    return torch.from_numpy(resample(wav.mean(0, keepdims=True), rate, codec.sample_rate))[None]
+    return torch.from_numpy(mono_at(wav, rate, codec.sample_rate))[None, None]
 
 
 def usage_statistics(counts: torch.Tensor) -> list[dict[str, float]]:

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import torch
 
-from ndvq.audio import resample
+from ndvq.audio import mono_at
 from ndvq.modules.spectral import LogMagnitude, LogMel, spectral_distance
 
 RATE = 16000
@@ -161,9 +161,7 @@ def prepare(
     reference: np.ndarray, estimate: np.ndarray, rate: int, aligned: bool = False, max_lag_seconds: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mono 1-D float32 at 16 kHz, length-matched, and, unless `aligned`, delay-compensated (`delay`)."""
-    reference, estimate = (
-        resample(np.atleast_2d(x).mean(0, keepdims=True), rate, RATE)[0] for x in (reference, estimate)
-    )
+    reference, estimate = (mono_at(np.atleast_2d(x), rate, RATE) for x in (reference, estimate))
     lag = 0 if aligned else delay(reference, estimate, int(max_lag_seconds * RATE))
     return align(reference, estimate, lag)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ndvq.audio import atomic_path, read_audio, resample
+from ndvq.audio import atomic_path, mono_at, read_audio
 from ndvq.errors import NdvqError
 from ndvq.eval.compare import _key
 from ndvq.eval.metrics import METRICS
@@ -215,7 +215,7 @@ def _player_row(label: str, path: Path) -> str:
         wav, rate = read_audio(path)
     except NdvqError as error:
         return f'<tr><th>{escape(label)}</th><td colspan="2">{escape(str(error))}</td></tr>'
-    mono = resample(wav.mean(0, keepdims=True), rate, RATE)[0, : int(MAX_SECONDS * RATE)]
+    mono = mono_at(wav, rate, RATE)[: int(MAX_SECONDS * RATE)]
     mono = np.clip(mono, -1.0, 1.0)
     buffer = io.BytesIO()
     sf.write(buffer, mono, RATE, format="FLAC", subtype="PCM_16")

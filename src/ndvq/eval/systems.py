@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from ndvq.audio import resample
+from ndvq.audio import mono_at, resample
 from ndvq.codec import Codec
 from ndvq.compress import codes_identity, compress, decompress
 from ndvq.errors import NdvqError
@@ -99,7 +99,7 @@ class Codec2System:
 
     def code(self, wav: np.ndarray, rate: int, bitrate: str) -> Coded:
         self.kbps(bitrate)  # checks the mode
-        narrow = resample(wav.mean(0, keepdims=True), rate, 8000)[0]
+        narrow = mono_at(wav, rate, 8000)
         with tempfile.TemporaryDirectory() as folder:
             source, coded, decoded = (os.path.join(folder, n) for n in ("in.raw", "out.c2", "out.raw"))
             (np.clip(narrow, -1, 1) * 32767).astype("<i2").tofile(source)

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from ndvq.audio import atomic_path, audio_seconds, read_audio, read_bytes, resample
+from ndvq.audio import atomic_path, audio_seconds, mono_at, read_audio, read_bytes
 from ndvq.errors import NdvqError
 from ndvq.manifest import write_manifest
 
@@ -116,7 +116,7 @@ def _decode(path: Path) -> np.ndarray:
 
         return np.asarray(G722.G722(DEMO_RATE, 64000).decode(read_bytes(path)), dtype=np.int16)
     wav, rate = read_audio(path)
-    mono = resample(wav.mean(axis=0, keepdims=True), rate, DEMO_RATE)[0]
+    mono = mono_at(wav, rate, DEMO_RATE)
     return np.round(np.clip(mono, -1, 1) * 32767).astype(np.int16)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ndvq.audio import audio_files, audio_seconds, resample
+from ndvq.audio import audio_files, audio_seconds, mono_at
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
 
@@ -91,5 +91,5 @@ class AudioDataset(torch.utils.data.Dataset):
             wav = audio.read(want, dtype="float32", always_2d=True)
         if not np.isfinite(wav).all():
             raise ValueError("non-finite samples")
-        wav = resample(wav.mean(axis=1)[None], rate, self.sample_rate)[0, : self.segment]
+        wav = mono_at(wav.T, rate, self.sample_rate)[: self.segment]
         return np.pad(wav, (0, self.segment - len(wav)))
