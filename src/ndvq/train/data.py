@@ -39,7 +39,7 @@ class AudioDataset(torch.utils.data.Dataset):
         sample_rate: int,
         segment_seconds: float,
         min_seconds: float = 0.5,
-        max_seconds: float = 30.0,
+        max_seconds: float = 20.0,
         seed: int = 0,
     ) -> None:
         source = Path(source)
