@@ -217,6 +217,17 @@ def test_output_folder_under_a_file_is_one_line(tmp_path, capsys, clip) -> None:
     assert_one_error_line(err, f"ndvq: error: {clip / 'model'}", f"({clip} is not a directory)")
 
 
+def test_an_os_error_no_command_expected_is_one_line(tmp_path, capsys, clip, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(5, "Input/output error", str(clip))
+
+    monkeypatch.setattr("ndvq.cli._info", refuse)
+    code, _, err = run(capsys, "info", clip)
+    assert code == 1
+    assert_one_error_line(err, "ndvq: error: ", f"Input/output error: '{clip}'")
+    assert "Traceback" not in err
+
+
 def test_directory_continues_past_a_bad_file(tmp_path, capsys, speech) -> None:
     wav, rate = speech
     (tmp_path / "in").mkdir()

@@ -1,4 +1,4 @@
-"""The package's layering: lower layers never import higher ones (../design.md)."""
+"""The package's layering: lower layers never import higher ones (README, Development)."""
 
 import ast
 from pathlib import Path

@@ -96,7 +96,7 @@ def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
 
 def mono_at(wav: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     """Audio [C, T] at `rate` mixed down to mono and resampled: float32 [T'] at `target_rate`."""
-    return resample(wav.mean(axis=0, keepdims=True), rate, target_rate)[0]
+    return resample(wav.mean(axis=0, keepdims=True), rate, target_rate)[0].astype(np.float32, copy=False)
 
 
 @contextmanager

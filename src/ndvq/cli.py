@@ -436,6 +436,8 @@ def _fit_entropy(args: argparse.Namespace, progress: bool) -> int:
     existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
     if not existing.is_dir():  # refused before the fitting, not after
         raise NdvqError(f"{out}: cannot write a model there ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK):
+        raise NdvqError(f"{out}: cannot write a model there ({existing} is not writable)")
     codec = Codec.load(args.model)
     tables, files, failures = fit_entropy(codec, args.source, args.limit, progress, rate_weight=args.rate_weight)
     for path, reason in failures:
@@ -472,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     except NdvqError as error:
         log.error("error: %s", error)
         return 1
+    except BrokenPipeError:  # output piped to a reader that closed it (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:  # a file system refusal that no command turned into an NdvqError: still one line
         log.error("error: %s", error)
         return 1
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace, progress: bool) -> int:
-    """Run the parsed command; NdvqError, KeyboardInterrupt and Stopped are main's to report."""
+    """Run the parsed command; NdvqError, OSError, KeyboardInterrupt and Stopped are main's to report."""
     if args.command == "info":
         return _info(args)
     if args.command in ("train", "export"):

@@ -298,7 +298,8 @@ class Codec(nn.Module):
         return digest.digest()[:8]
 
     def save(self, directory: str | os.PathLike, storage: str = "float32") -> None:
-        """Write model.safetensors, then config.json with the weights' SHA-256, each atomically.
+        """Write model.safetensors (and entropy.safetensors when the model has tables), then config.json with
+        their SHA-256.
 
         storage="float16" stores the encoder's and decoder's floating weights as float16 (half the size; loading
         casts them back to float32, so the loaded model is this one with those weights rounded to float16).
@@ -327,7 +328,8 @@ class Codec(nn.Module):
                 document["entropy_rate_weight"] = self.entropy.rate_weight
         files.append((CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode()))
         # Every file is written beside its target before any replaces its target (the config last, as the
-        # stack unwinds): a failure part way leaves the directory as it was, and no temporary file.
+        # stack unwinds): a failed write leaves the directory as it was, and no temporary file. (A rename that
+        # fails after another succeeded leaves weights that the old config's checksum refuses on loading.)
         with ExitStack() as stack:
             for name, content in reversed(files):
                 stack.enter_context(atomic_path(directory / name)).write_bytes(content)

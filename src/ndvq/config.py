@@ -34,7 +34,9 @@ class CodecConfig:
 
     def __post_init__(self) -> None:
         positive = {"sample_rate": self.sample_rate, "n_filters": self.n_filters, "dimension": self.dimension}
-        positive |= {"num_codebooks": self.num_codebooks, "codebook_dim": self.codebook_dim or 1}
+        positive |= {"num_codebooks": self.num_codebooks}
+        if self.codebook_dim is not None:
+            positive["codebook_dim"] = self.codebook_dim
         positive |= {f"strides[{i}]": stride for i, stride in enumerate(self.strides)}
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -45,7 +47,8 @@ class CodecConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if not self.strides:
             raise ValueError("strides must not be empty")
-        if not all(isinstance(b, (int, float)) and 0 < b < math.inf for b in self.bandwidths):
+        numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.bandwidths)
+        if not (numbers and all(0 < b < math.inf for b in self.bandwidths)):
             raise ValueError(f"bandwidths must be positive numbers of kbps, got {self.bandwidths!r}")
         if not (isinstance(self.variance_floor, (int, float)) and self.variance_floor > 0):
             raise ValueError(f"variance_floor must be positive, got {self.variance_floor!r}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ndvq.audio import atomic_path, audio_files, read_audio, write_audio
+from ndvq.audio import AUDIO_SUFFIXES, atomic_path, audio_files, read_audio, write_audio
 from ndvq.errors import NdvqError
 from ndvq.eval.metrics import METRICS, METRICS_VERSION, VISQOL_MAPPER, score
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
@@ -45,13 +45,15 @@ class SystemSpec:
 
 
 def reference_files(source: Path, limit: int | None = None) -> list[Path]:
-    """Audio files below a folder, or listed in a manifest (.tsv), sorted; the first `limit`."""
+    """One audio file, the audio files below a folder (sorted), or those a manifest lists; the first `limit`."""
     if source.is_dir():
         files = audio_files(source)
+    elif source.is_file() and source.suffix.lower() in AUDIO_SUFFIXES:
+        files = [source]
     elif source.is_file():
         files = [path for path, _ in read_manifest(source)]
     else:
-        raise NdvqError(f"{source}: no such folder of audio files or manifest (.tsv)")
+        raise NdvqError(f"{source}: no such audio file, folder or manifest (.tsv)")
     if not files:
         raise NdvqError(f"{source}: no audio files")
     return files[:limit]

@@ -1,0 +1,64 @@
+"""ndvq.audio's file listing, durations and mix-down, and what the evaluation takes as references."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ndvq import NdvqError
+from ndvq.audio import audio_files, audio_seconds, mono_at
+from ndvq.eval.compare import reference_files
+from ndvq.eval.systems import Codec2System
+from ndvq.manifest import write_manifest
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """b.WAV and sub/a.flac (audio), notes.txt, and a folder named like an audio file."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "looks.wav").mkdir()
+    sf.write(tmp_path / "b.WAV", np.zeros(8000, dtype=np.float32), 16000)
+    sf.write(tmp_path / "sub" / "a.flac", np.zeros((24000, 2), dtype=np.float32), 48000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    return tmp_path
+
+
+def test_audio_files_are_every_audio_file_below_sorted(folder: Path) -> None:
+    assert audio_files(folder) == [folder / "b.WAV", folder / "sub" / "a.flac"]
+    assert audio_files(folder, (".txt",)) == [folder / "notes.txt"]
+
+
+def test_audio_seconds_reads_the_header_and_names_a_bad_file(folder: Path) -> None:
+    assert audio_seconds(folder / "b.WAV") == 0.5
+    assert audio_seconds(folder / "sub" / "a.flac") == 0.5
+    with pytest.raises(NdvqError, match=f"{folder / 'notes.txt'}: cannot decode audio"):
+        audio_seconds(folder / "notes.txt")
+
+
+def test_mono_at_mixes_down_and_resamples() -> None:
+    t = np.arange(48000) / 48000
+    left, right = np.sin(2 * np.pi * 440 * t), np.zeros_like(t)
+    mono = mono_at(np.stack([left, right]), 48000, 16000)
+    assert mono.shape == (16000,) and mono.dtype == np.float32
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert np.abs(mono[100:-100] - expected[100:-100]).max() < 1e-3
+    assert mono_at(np.ones((2, 10)), 16000, 16000).dtype == np.float32  # same rate: still float32
+
+
+def test_references_are_a_file_a_folder_or_a_manifest_of_any_name(folder: Path) -> None:
+    assert reference_files(folder / "b.WAV") == [folder / "b.WAV"]
+    assert reference_files(folder) == [folder / "b.WAV", folder / "sub" / "a.flac"]
+    write_manifest(folder / "list.txt", [(folder / "sub" / "a.flac", 0.5)])
+    assert reference_files(folder / "list.txt") == [(folder / "sub" / "a.flac").resolve()]
+    with pytest.raises(NdvqError, match="notes.txt:1: not a manifest"):
+        reference_files(folder / "notes.txt")
+    with pytest.raises(NdvqError, match="gone: no such audio file, folder or manifest"):
+        reference_files(folder / "gone")
+
+
+def test_unknown_codec2_mode_is_named() -> None:
+    system = object.__new__(Codec2System)  # without c2enc installed: the mode check needs no tool
+    assert system.kbps("3200") == 3.2
+    with pytest.raises(NdvqError, match="codec2: unknown mode 9999"):
+        system.kbps("9999")
