@@ -18,7 +18,7 @@ import torch
 
 from ndvq import Codec, NdvqError, compress, decompress, pretrained
 from ndvq.audio import read_audio, write_audio
-from ndvq.eval.compare import _key, write_results
+from ndvq.eval.compare import example_path, result_row, write_results
 from ndvq.eval.metrics import score
 from ndvq.eval.report import write_report
 from ndvq.eval.systems import Codec2System, Coded, NdvqSystem, OpusSystem
@@ -73,22 +73,10 @@ def main() -> None:
         coded, encode_s, decode_s = code(system, wav, rate, bitrate)
         name = f"{CLIP.stem}_{system.label}_{bitrate}.wav"
         write_audio(args.out / name, coded.audio, rate)
-        write_audio(args.out / "eval" / "examples" / system.label / bitrate / f"{_key(CLIP)}.flac", coded.audio, rate)
+        write_audio(example_path(args.out / "eval", system.label, bitrate, CLIP), coded.audio, rate)
         scores = score(wav, coded.audio, rate, METRICS, aligned=system.aligned)
-        kbps = coded.bytes * 8 / seconds / 1000
-        rows.append(
-            {
-                "codec": system.label,
-                "bitrate": bitrate,
-                "nominal_kbps": system.kbps(bitrate),
-                "file": str(CLIP),
-                "seconds": seconds,
-                "bytes": coded.bytes,
-                "measured_kbps": kbps,
-                **scores.values,
-                "errors": scores.errors,
-            }
-        )
+        rows.append(result_row(system, bitrate, str(CLIP), seconds, coded, scores))
+        kbps = rows[-1]["measured_kbps"]
         speeds = [f"{seconds / t:9.1f}" if t else f"{'-':>9}" for t in (encode_s, decode_s)]
         values = [f"{scores.values[m]:{w}.3f}" if m in scores.values else f"{'failed':>{w}}" for m, w in metrics]
         cells = [f"{system.label:>7}", f"{system.kbps(bitrate):5g}", f"{coded.bytes:6d}", f"{kbps:7.3f}"]

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ndvq.audio import AUDIO_SUFFIXES, atomic_path, audio_files, read_audio, write_audio
 from ndvq.errors import NdvqError
-from ndvq.eval.metrics import METRICS, METRICS_VERSION, VISQOL_MAPPER, score
-from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
+from ndvq.eval.metrics import METRICS, METRICS_VERSION, VISQOL_MAPPER, Scores, score
+from ndvq.eval.systems import Codec2System, Coded, NdvqSystem, OpusSystem
 from ndvq.manifest import read_manifest
 
 
@@ -68,19 +68,20 @@ def _worker_init(specs: list[SystemSpec]) -> None:
         _SYSTEMS[spec.label] = spec.build()
 
 
-def _key(path: Path) -> str:
+def file_key(path: Path) -> str:
+    """A reference file's name in an eval directory: its stem and a hash of its absolute path."""
     return f"{path.stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
 
 
-def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> dict[str, Any]:
-    label, bitrate, path, cache, metrics, example = job
-    system = _SYSTEMS[label]
-    wav, rate = read_audio(path)
-    coded = system.code(wav, rate, bitrate)
-    scores = score(wav, coded.audio, rate, metrics, aligned=system.aligned)
-    seconds = wav.shape[1] / rate
-    row = {
-        "codec": label,
+def example_path(out_dir: Path, label: str, bitrate: str, reference: Path) -> Path:
+    """Where an eval directory keeps a reference's decoded example (what `ndvq report` plays)."""
+    return out_dir / "examples" / label / bitrate / f"{file_key(reference)}.flac"
+
+
+def result_row(system: Any, bitrate: str, path: str, seconds: float, coded: Coded, scores: Scores) -> dict[str, Any]:
+    """One file's row of the results: the system, its nominal and measured bitrate, and the scores."""
+    return {
+        "codec": system.label,
         "system": system.identity,
         "bitrate": bitrate,
         "nominal_kbps": system.kbps(bitrate),
@@ -92,6 +93,15 @@ def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> di
         "errors": scores.errors,
         "metrics_version": METRICS_VERSION,
     }
+
+
+def _evaluate(job: tuple[str, str, str, str, tuple[str, ...], str | None]) -> dict[str, Any]:
+    label, bitrate, path, cache, metrics, example = job
+    system = _SYSTEMS[label]
+    wav, rate = read_audio(path)
+    coded = system.code(wav, rate, bitrate)
+    scores = score(wav, coded.audio, rate, metrics, aligned=system.aligned)
+    row = result_row(system, bitrate, path, wav.shape[1] / rate, coded, scores)
     if example:
         write_audio(example, coded.audio, rate)
     with atomic_path(cache) as temporary:
@@ -124,7 +134,7 @@ def evaluate(
     for spec in specs:
         for bitrate in spec.bitrates:
             for index, path in enumerate(files):
-                cache = out_dir / "cache" / spec.label / bitrate / f"{_key(path)}.json"
+                cache = out_dir / "cache" / spec.label / bitrate / f"{file_key(path)}.json"
                 if cache.is_file():
                     row = json.loads(cache.read_text())
                     # Reused only if made by the same weights and metric definitions, with every metric asked
@@ -138,7 +148,7 @@ def evaluate(
                         continue
                 example = None
                 if index < examples:
-                    example = str(out_dir / "examples" / spec.label / bitrate / f"{_key(path)}.flac")
+                    example = str(example_path(out_dir, spec.label, bitrate, path))
                 jobs.append((spec.label, bitrate, str(path), str(cache), metrics, example))
     bar = tqdm(total=len(jobs), unit="item", desc="eval", disable=not jobs)
     if workers <= 1:

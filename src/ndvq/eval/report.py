@@ -18,7 +18,7 @@ import soundfile as sf
 
 from ndvq.audio import atomic_path, mono_at, read_audio
 from ndvq.errors import NdvqError
-from ndvq.eval.compare import _key
+from ndvq.eval.compare import file_key
 from ndvq.eval.metrics import METRICS
 
 RATE = 16000  # embedded audio: mono 16 kHz FLAC
@@ -181,7 +181,7 @@ def _reference_files(results_dir: Path) -> list[str]:
 def _examples_section(results_dir: Path, summary: list[dict[str, Any]], per_bitrate: int) -> str:
     """Per nominal bitrate: the first few example files, original and decoded by every codec at that bitrate."""
     files = _reference_files(results_dir)
-    keys = {_key(Path(file)): file for file in files}
+    keys = {file_key(Path(file)): file for file in files}
     bitrates: dict[float, list[dict[str, Any]]] = {}
     for entry in summary:
         bitrates.setdefault(float(entry["nominal_kbps"]), []).append(entry)
