@@ -9,9 +9,10 @@ keys starting with "valid/" ("valid/mel_distance_<kbps>kbps", "valid/pesq_wb_<kb
 "valid/stoi_<kbps>kbps", "valid/usage_bits_stageN", ...) but no CPU hours: a validation line takes the
 CPU hours of the nearest earlier training line (in file order) that has them.
 
-The PNG has four panels against CPU hours: valid mel distance, PESQ-wb and STOI (one line per run for
-the lowest and the highest bitrate present) and the eval-mode usage of stage 1 in bits. The Markdown
-table on stdout has, per run, one row per validation step: step, CPU hours, mel distance at every
+The PNG has four panels against CPU hours (or, with `--x steps`, training steps: twins are matched in
+steps, as this machine's steps per CPU-hour vary between days): valid mel distance, PESQ-wb and STOI
+(one line per run for the lowest and the highest bitrate present) and the eval-mode usage of stage 1
+in bits. The Markdown table on stdout has, per run, one row per validation step: step, CPU hours, mel distance at every
 bitrate, PESQ-wb and STOI at the middle bitrate, stage-1 eval usage in bits.
 
 A run warm-started (`init_from`) from another run's export counts its CPU hours from 0: `--start-hours`
@@ -114,18 +115,25 @@ def markdown(runs: Sequence[Run]) -> str:
     return "\n".join(out)
 
 
-def series(run: Run, key: str, from_hours: float = 0.0) -> tuple[list[float], list[float]]:
+def series(run: Run, key: str, from_hours: float = 0.0, x: str = "hours") -> tuple[list[float], list[float]]:
+    """(x, value) of one validation key: x is CPU hours (points without them are left out) or steps."""
     xs: list[float] = []
     ys: list[float] = []
     for p in run.points:
         value = p.metrics.get(key)
-        if p.cpu_hours is not None and p.cpu_hours >= from_hours and value is not None and not math.isnan(value):
+        if value is None or math.isnan(value):
+            continue
+        if x == "steps":
+            xs.append(p.step)
+        elif p.cpu_hours is not None and p.cpu_hours >= from_hours:
             xs.append(p.cpu_hours)
-            ys.append(value)
+        else:
+            continue
+        ys.append(value)
     return xs, ys
 
 
-def plot(runs: Sequence[Run], out: Path, from_hours: float = 0.0) -> None:
+def plot(runs: Sequence[Run], out: Path, from_hours: float = 0.0, x: str = "hours") -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     panels = [
         (axes[0, 0], "mel_distance", "valid mel distance (lower is better)"),
@@ -139,10 +147,10 @@ def plot(runs: Sequence[Run], out: Path, from_hours: float = 0.0) -> None:
         ends = sorted({kbps[0], kbps[-1]}, key=float) if kbps else []
         for ax, metric, _ in panels:
             for k in ends:
-                xs, ys = series(run, f"valid/{metric}_{k}kbps", from_hours)
+                xs, ys = series(run, f"valid/{metric}_{k}kbps", from_hours, x)
                 style = "-" if k == ends[0] else "--"
                 ax.plot(xs, ys, style, marker="o", markersize=3, color=color, label=f"{run.label} {k} kbps")
-        xs, ys = series(run, USAGE_KEY, from_hours)
+        xs, ys = series(run, USAGE_KEY, from_hours, x)
         axes[1, 1].plot(xs, ys, "-", marker="o", markersize=3, color=color, label=run.label)
     for ax, _, title in panels:
         ax.set_title(title)
@@ -152,7 +160,7 @@ def plot(runs: Sequence[Run], out: Path, from_hours: float = 0.0) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     for ax in axes[1]:
-        ax.set_xlabel("CPU hours")
+        ax.set_xlabel("CPU hours" if x == "hours" else "training steps")
     fig.suptitle("Learning curves: " + ", ".join(run.label for run in runs))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--start-hours", action="append", type=float, default=[], help="CPU hours before the run, once per run"
     )
     parser.add_argument("--from-hours", type=float, default=0.0, help="plot only from this many CPU hours on")
+    parser.add_argument(
+        "--x", choices=("hours", "steps"), default="hours", help="horizontal axis: CPU hours (default) or steps"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/learning-curves.png"), help="PNG to write")
     args = parser.parse_args(argv)
     for name, given in (("--label", args.label), ("--start-hours", args.start_hours)):
@@ -178,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = args.label or [path.resolve().name for path in args.runs]
     starts = args.start_hours or [0.0] * len(args.runs)
     runs = [read_run(path, label, start) for path, label, start in zip(args.runs, labels, starts, strict=True)]
-    plot(runs, args.out, args.from_hours)
+    plot(runs, args.out, args.from_hours, args.x)
     print(markdown(runs))
     print(f"wrote {args.out}", file=sys.stderr)
 
