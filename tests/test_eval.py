@@ -86,6 +86,15 @@ def test_eval_table_csv_json_and_cache(tmp_path, references, capsys) -> None:
     assert scores["nd", "2"] == scores["rv", "2"] and scores["nd", "8"] == scores["rv", "8"]
     assert all(e["stft_distance"] is not None for e in redone)
 
+    # A label's cache copied under another label is reused there, its rows filed under the new label.
+    shutil.copytree(tmp_path / "out" / "cache" / "rv", tmp_path / "out" / "cache" / "twin")
+    for path in (tmp_path / "out" / "cache" / "twin").rglob("*.json"):  # marked, to see that it is reused
+        path.write_text(json.dumps({**json.loads(path.read_text()), "si_sdr": 42.0}))
+    assert main([*argv, "--model", f"twin={rvq}"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["summary"]
+    assert all(e["items"] == 3 for e in summary)
+    assert [e["si_sdr"] for e in summary if e["codec"] == "twin"] == [42.0, 42.0]
+
 
 def test_usage_statistics_on_hand_made_codes() -> None:
     counts = torch.zeros(2, 8, dtype=torch.long)
