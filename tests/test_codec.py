@@ -7,6 +7,7 @@ import torch
 
 from ndvq import Codec, CodecConfig, NdvqError
 from ndvq.modules.conv import reflect_pad
+from ndvq.modules.istft import ISTFTDecoder, overlap_add
 from ndvq.presets import PRESETS
 
 # Every bandwidth of every preset: (kbps, stages, nominal kbps), from the spec's rule n_q = floor(kbps / per stage).
@@ -242,3 +243,40 @@ def test_reflect_pad_equals_torch_in_values_and_gradients(left: int, right: int,
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
     assert torch.equal(ours, theirs)
     assert torch.allclose(grad_ours, grad_theirs)
+
+
+def test_overlap_add_inverts_windowed_framing() -> None:
+    n_fft, hop, count = 64, 16, 20
+    wav = torch.randn(2, count * hop, dtype=torch.float64)
+    start = (n_fft - hop) // 2
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    padded = torch.nn.functional.pad(wav, (start, n_fft))
+    frames = padded.unfold(-1, n_fft, hop)[:, :count].transpose(1, 2) * window[:, None]  # frame f: [f hop - start, ...)
+    torch.testing.assert_close(overlap_add(frames, window, hop), wav)
+
+
+def test_istft_decoder_codes_and_trains() -> None:
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(**{**PRESETS["tiny"].to_dict(), "decoder": "istft"})).train()
+    assert isinstance(codec.decoder, ISTFTDecoder)
+    out = codec(0.1 * torch.randn(2, 1, 777), n_q=2)
+    assert out.wav.shape == (2, 1, 777) and out.codes.shape == (2, 2, 13)
+    (out.wav.pow(2).mean() + sum(out.losses.values())).backward()
+    assert codec.decoder.head.weight.grad is not None
+    assert codec.encoder[0].conv.parametrizations.weight.original1.grad is not None
+    codec.eval()
+    wav = 0.1 * torch.randn(1, 1, 16000 * 3)
+    codes, scale = codec.encode(wav, 8.0, chunk_seconds=None)
+    whole = codec.decode(codes, scale, chunk_seconds=None)
+    chunked = codec.decode(codes, scale, chunk_seconds=1.0)  # windows with context, as for SEANet
+    assert whole.shape == (1, 1, 16000 * 3) and (chunked - whole).abs().max() < 1e-3 * whole.abs().max()
+
+
+def test_decoder_choice_is_checked_and_keeps_earlier_fingerprints() -> None:
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        CodecConfig(decoder="vocos")
+    with pytest.raises(ValueError, match="istft decoder is non-causal"):
+        CodecConfig(decoder="istft", causal=True)
+    # The field came after models had shipped: at its default it stays out of the fingerprint.
+    assert "decoder" not in CodecConfig().identity_dict()
+    assert CodecConfig(decoder="istft").identity_dict()["decoder"] == "istft"

@@ -1,4 +1,4 @@
-"""The codec: SEANet encoder, residual quantizer (NDVQ or the RVQ baseline), SEANet decoder."""
+"""The codec: SEANet encoder, residual quantizer (NDVQ or the RVQ baseline), SEANet or inverse-STFT decoder."""
 
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, nullcontext
@@ -24,6 +24,7 @@ from ndvq.chunking import map_windows, pad_stream, reblock
 from ndvq.config import CodecConfig, stages_for_bandwidth
 from ndvq.entropy import EntropyModel, check_rate_weight
 from ndvq.errors import NdvqError
+from ndvq.modules.istft import ISTFTDecoder
 from ndvq.modules.seanet import SEANetDecoder, SEANetEncoder, receptive_field
 from ndvq.modules.streaming import streaming
 from ndvq.presets import PRESETS
@@ -39,6 +40,7 @@ SCALE_PIECE = 1 << 16  # samples that signal_scale sums at a time
 # float32 on load; the quantizer's tensors (statistics of the codes) always stay float32.
 HALF_PREFIXES = ("encoder.", "decoder.")
 STORAGES = ("float32", "float16")
+ISTFT_LAYERS = 8  # ConvNeXt blocks of the "istft" decoder
 log = logging.getLogger("ndvq")
 
 
@@ -82,7 +84,11 @@ class Codec(nn.Module):
             causal=config.causal,
         )
         self.encoder = SEANetEncoder(**seanet)
-        self.decoder = SEANetDecoder(**seanet)
+        if config.decoder == "istft":
+            width = config.n_filters * 2 ** len(config.strides)
+            self.decoder = ISTFTDecoder(config.channels, config.dimension, width, ISTFT_LAYERS, config.hop_length)
+        else:
+            self.decoder = SEANetDecoder(**seanet)
         quantizer = dict(
             dim=config.dimension,
             num_codebooks=config.num_codebooks,
@@ -274,7 +280,7 @@ class Codec(nn.Module):
         (entropy-coded streams) of the entropy tables too, so that fitting tables leaves plain streams valid."""
         if entropy and self.entropy is None:
             raise NdvqError("this model has no entropy tables (make them with `ndvq fit-entropy`)")
-        config = json.dumps(self.config.to_dict(), sort_keys=True)
+        config = json.dumps(self.config.identity_dict(), sort_keys=True)
         state = sorted(self.state_dict().items())
         # Hashing the weights takes tens of ms: reuse the last digest while no tensor was replaced or changed in
         # place (torch counts in-place changes in `_version`; changes made through `.data` are not seen) and the

@@ -7,6 +7,7 @@ from typing import Any
 from ndvq.errors import NdvqError
 
 QUANTIZERS = ("ndvq", "rvq")
+LATER_FIELDS = {"decoder": "seanet"}  # fields added after models were shipped, with their defaults
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class CodecConfig:
     n_residual_layers: int = 1
     lstm_layers: int = 2
     causal: bool = False
+    decoder: str = "seanet"  # "seanet" (EnCodec's, mirror of the encoder) or "istft" (frame-rate, modules/istft.py)
     quantizer: str = "ndvq"
     codebook_size: int = 1024
     num_codebooks: int = 32
@@ -54,7 +56,10 @@ class CodecConfig:
             raise ValueError(f"variance_floor must be positive, got {self.variance_floor!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.decoder == "istft" and self.causal:
+            raise ValueError("the istft decoder is non-causal (causal=true needs decoder seanet)")
         for name, allowed in (
+            ("decoder", ("seanet", "istft")),
             ("ndvq_estimator", ("ema", "gradient")),
             ("ndvq_loss", ("paper", "nll")),
             ("ndvq_residual", ("sample", "mean", "mean-last")),
@@ -86,6 +91,11 @@ class CodecConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """to_dict without the fields added since the first release that hold their defaults, so that adding a
+        field leaves the fingerprints of existing models (and so their bitstreams) valid."""
+        return {k: v for k, v in asdict(self).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "CodecConfig":

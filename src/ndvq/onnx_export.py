@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 from ndvq.codec import Codec
 from ndvq.errors import NdvqError
 from ndvq.modules.conv import Conv1d
+from ndvq.modules.istft import LOG_MAGNITUDE_MAX, InverseSTFT
 from ndvq.quantization.ndvq import NormalCodebook
 
 OPSET = 17
@@ -130,10 +131,38 @@ class _PaddedConv(nn.Module):
         return self.conv(F.pad(x, self.pads, mode=self.mode))
 
 
+class _InverseSTFTConvolution(nn.Module):
+    """InverseSTFT in operations ONNX has: each frame's windowed inverse real DFT, overlap-added, is a transposed
+    convolution (stride hop) of the real and imaginary parts with a fixed kernel of cosines and sines."""
+
+    def __init__(self, synthesis: InverseSTFT) -> None:
+        super().__init__()
+        n_fft, self.hop = synthesis.n_fft, synthesis.hop_length
+        bins = n_fft // 2 + 1
+        angle = 2 * math.pi * torch.outer(torch.arange(bins), torch.arange(n_fft)).double() / n_fft
+        count = torch.full((bins, 1), 2.0, dtype=torch.float64)  # bins 1 .. n_fft/2 - 1 stand for two (+-f)
+        count[0] = count[-1] = 1.0
+        window = synthesis.window.double()
+        kernel = torch.cat([count * torch.cos(angle), -count * torch.sin(angle)]) * window
+        self.register_buffer("kernel", kernel.float()[:, None])  # [2 bins, 1, n_fft]
+        self.register_buffer("envelope_kernel", window.square().float()[None, None])  # [1, 1, n_fft]
+        self.trim = ((n_fft - self.hop) // 2, n_fft - self.hop - (n_fft - self.hop) // 2)
+
+    def forward(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        magnitude = torch.exp(log_magnitude.clamp(max=LOG_MAGNITUDE_MAX))
+        parts = torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1)
+        wav = F.conv_transpose1d(parts, self.kernel, stride=self.hop)
+        envelope = F.conv_transpose1d(torch.ones_like(parts[:1, :1]), self.envelope_kernel, stride=self.hop)
+        left, right = self.trim
+        return wav[..., left:-right] * torch.reciprocal(envelope[..., left:-right].clamp(min=1e-8))
+
+
 def _fixed_padding(module: nn.Module) -> None:
     for name, child in module.named_children():
         if isinstance(child, Conv1d):
             setattr(module, name, _PaddedConv(child))
+        elif isinstance(child, InverseSTFT):
+            setattr(module, name, _InverseSTFTConvolution(child))
         else:
             _fixed_padding(child)
 
