@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from ndvq.codec import Codec
 from ndvq.errors import NdvqError
 from ndvq.modules.conv import Conv1d
-from ndvq.modules.istft import LOG_MAGNITUDE_MAX, InverseSTFT
+from ndvq.modules.istft import InverseSTFT, polar
 from ndvq.quantization.ndvq import NormalCodebook
 
 OPSET = 17
@@ -149,8 +149,7 @@ class _InverseSTFTConvolution(nn.Module):
         self.trim = ((n_fft - self.hop) // 2, n_fft - self.hop - (n_fft - self.hop) // 2)
 
     def forward(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        magnitude = torch.exp(log_magnitude.clamp(max=LOG_MAGNITUDE_MAX))
-        parts = torch.cat([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=1)
+        parts = torch.cat(polar(log_magnitude, phase), dim=1)
         wav = F.conv_transpose1d(parts, self.kernel, stride=self.hop)
         envelope = F.conv_transpose1d(torch.ones_like(parts[:1, :1]), self.envelope_kernel, stride=self.hop)
         left, right = self.trim

@@ -144,7 +144,7 @@ def evaluate(
                         and row.get("metrics_version") == METRICS_VERSION
                         and all(m in row or m in row["errors"] for m in metrics)
                     ):
-                        rows.append({**row, "codec": spec.label})  # the cache may have been copied from another
+                        rows.append({**row, "codec": spec.label})  # the folder may be a copy of another label's
                         continue
                 example = None
                 if index < examples:

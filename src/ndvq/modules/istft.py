@@ -43,6 +43,12 @@ def overlap_add(frames: torch.Tensor, window: torch.Tensor, hop: int) -> torch.T
     return wav[:, keep] / envelope[keep].clamp(min=1e-8)
 
 
+def polar(log_magnitude: torch.Tensor, phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real and imaginary parts of exp(log_magnitude) (clamped, see LOG_MAGNITUDE_MAX) at `phase`."""
+    magnitude = torch.exp(log_magnitude.clamp(max=LOG_MAGNITUDE_MAX))
+    return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
+
 class InverseSTFT(nn.Module):
     """log-magnitude and phase [B, n_fft / 2 + 1, F] -> wav [B, 1, F * hop]: inverse real FFT (unscaled) of
     each frame, then `overlap_add` with a Hann window."""
@@ -53,8 +59,7 @@ class InverseSTFT(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def forward(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        magnitude = torch.exp(log_magnitude.clamp(max=LOG_MAGNITUDE_MAX))
-        spectrum = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        spectrum = torch.complex(*polar(log_magnitude, phase))
         frames = torch.fft.irfft(spectrum, n=self.n_fft, dim=1, norm="forward")
         return overlap_add(frames, self.window, self.hop_length)[:, None]
 
