@@ -27,6 +27,9 @@ PRESETS: dict[str, CodecConfig] = {
     "speech-16k-small": SMALL,
     # speech-16k-small that never looks ahead (left padding only): it streams frame by frame (ndvq.stream).
     "speech-16k-small-causal": replace(SMALL, causal=True),
+    # speech-16k-small with the frame-rate decoder (ConvNeXt blocks to an inverse STFT, after Vocos): it learned
+    # faster than SEANet at equal steps in our CPU runs (docs/ndvq-that-learns.md, session 10). Non-causal.
+    "speech-16k-small-istft": replace(SMALL, decoder="istft"),
     # A model small enough for tests: 250 Hz frames, 256 codes (2 kbps per stage), 4 stages.
     "tiny": CodecConfig(
         sample_rate=16000,
