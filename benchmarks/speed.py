@@ -4,8 +4,6 @@ and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
     python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k-large] [--encodec]
     python benchmarks/speed.py --onnx [--threads 2] [--presets ...]
 
---decoder istft times the presets with the inverse-STFT decoder instead of SEANet's (codec rows and --onnx).
-
 --onnx (needs `pip install 'ndvq[onnx]'`) times only onnxruntime against PyTorch, in one run, on tensors: the
 bundled clip repeated to 10 s, encode (scale and codes) and decode (audio times the scale), both at --threads
 intra-op threads.
@@ -21,7 +19,6 @@ training.
 """
 
 import argparse
-from dataclasses import replace
 import json
 from pathlib import Path
 import platform
@@ -57,16 +54,9 @@ def write_repeated(path: Path, clip: np.ndarray, rate: int, seconds: float) -> N
             audio.write(clip[:, : total - start].T)
 
 
-def build(preset: str, decoder: str) -> Codec:
-    """The preset with `decoder` ("seanet" or "istft") and seeded, untrained weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return Codec(replace(PRESETS[preset], decoder=decoder)).eval()
-
-
-def measure_codec(preset: str, seconds: float, bandwidth: float, decoder: str) -> dict:
+def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
     """Compress and decompress `seconds` of speech file to file (FLAC -> .ndvq -> WAV); runs in a fresh process."""
-    codec = build(preset, decoder)
+    codec = Codec.from_preset(preset).eval()
     clip, rate = read_audio(CLIP)
     with tempfile.TemporaryDirectory() as directory:
         source, coded, decoded_file = (Path(directory) / name for name in ("in.flac", "in.ndvq", "out.wav"))
@@ -145,14 +135,14 @@ def measure_against_encodec(seconds: float, bandwidth: float) -> dict:
     return times
 
 
-def measure_onnx(preset: str, bandwidth: float, threads: int, decoder: str, seconds: float = 10.0) -> dict:
+def measure_onnx(preset: str, bandwidth: float, threads: int, seconds: float = 10.0) -> dict:
     """RTF of encode and decode of `seconds` of the bundled clip, PyTorch and onnxruntime (same thread count),
     and the fraction of onnxruntime's codes equal to PyTorch's."""
     import onnxruntime
 
     from ndvq.onnx_export import export_onnx
 
-    codec = build(preset, decoder)
+    codec = Codec.from_preset(preset).eval()
     clip, rate = read_audio(CLIP)
     clip = resample(clip[:1], rate, codec.sample_rate)
     wav = torch.from_numpy(np.tile(clip, int(seconds * codec.sample_rate) // clip.shape[1] + 1))
@@ -190,44 +180,41 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--onnx", action="store_true", help="only onnxruntime against PyTorch (10 s, tensors)")
-    parser.add_argument("--decoder", choices=["seanet", "istft"], default="seanet")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure_codec(args.one[0], float(args.one[1]), args.bandwidth, args.decoder)))
+        print(json.dumps(measure_codec(args.one[0], float(args.one[1]), args.bandwidth)))
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"decoder: {args.decoder}")
     if args.onnx:
         print("10 s of the bundled clip, tensors in memory, RTF (seconds per second of audio):")
         columns = ("encode torch", "encode onnx", "decode torch", "decode onnx", "codes equal")
-        print(f"{'preset':<11} {'kbps':>5} " + " ".join(f"{c:>12}" for c in columns))
+        print(f"{'preset':<22} {'kbps':>5} " + " ".join(f"{c:>12}" for c in columns))
         for preset in args.presets:
             bandwidth = preset_bandwidth(preset, args.bandwidth)
-            row = measure_onnx(preset, bandwidth, args.threads, args.decoder)
+            row = measure_onnx(preset, bandwidth, args.threads)
             print(
-                f"{preset:<11} {bandwidth:5g} {row['torch_encode']:12.4f} {row['onnx_encode']:12.4f} "
+                f"{preset:<22} {bandwidth:5g} {row['torch_encode']:12.4f} {row['onnx_encode']:12.4f} "
                 f"{row['torch_decode']:12.4f} {row['onnx_decode']:12.4f} {row['equal']:12.6f}"
             )
         return
     print("codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights):")
     print(
-        f"{'preset':<11} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
+        f"{'preset':<22} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
         f"{'RSS loaded MB':>13} {'RSS peak MB':>11}"
     )
     for preset in args.presets:
         bandwidth = preset_bandwidth(preset, args.bandwidth)
         for seconds in args.durations:
             command = [sys.executable, __file__, "--threads", str(args.threads), "--bandwidth", str(bandwidth)]
-            command += ["--decoder", args.decoder]
             output = subprocess.run([*command, "--one", preset, str(seconds)], capture_output=True, text=True)
             if output.returncode:
                 sys.exit(f"{preset}, {seconds:g} s at {bandwidth:g} kbps failed:\n{output.stderr}")
             row = json.loads(output.stdout.strip().splitlines()[-1])
             print(
-                f"{preset:<11} {bandwidth:5g} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
+                f"{preset:<22} {bandwidth:5g} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
                 f"{row['rss_loaded_mb']:13.0f} {row['rss_peak_mb']:11.0f}"
             )
     frames, n_q = 75, 8
