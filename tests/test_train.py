@@ -94,6 +94,14 @@ def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys) ->
     assert warm.codec.quantizer.initialised
     with pytest.raises(NdvqError, match="architecture differs"):
         Trainer(tiny_config(corpus, f"init_from={tmp_path / 'model'}", "codec={n_filters: 8}"), tmp_path / "other")
+    # An earlier kept checkpoint exports by its step; a step not kept is refused, naming the kept ones.
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "model-4"), "--step", "4"]) == 0
+    earlier = Codec.load(tmp_path / "model-4")
+    assert not all(torch.equal(a, b) for a, b in zip(weights_of(earlier), weights_of(model), strict=True))
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "model-5"), "--step", "5"]) != 0
+    assert "no checkpoint of step 5 (kept: 4, 8)" in capsys.readouterr().err
+    assert not (tmp_path / "model-5").exists()
 
 
 def weights_of(codec: Codec) -> list[torch.Tensor]:

@@ -315,6 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="Export a training run as a model directory.")
     export.add_argument("run_dir", type=Path)
     export.add_argument("output", type=Path)
+    export.add_argument("--step", type=int, help="a kept checkpoint's step (default: the latest)")
     return parser
 
 
@@ -456,7 +457,7 @@ def _train(args: argparse.Namespace) -> int:
         missing = f"training needs the 'train' extra ({error.name} is missing): pip install 'ndvq[train]'"
         raise NdvqError(missing) from None
     if args.command == "export":
-        trainer.export(args.run_dir, args.output)
+        trainer.export(args.run_dir, args.output, args.step)
         print(f"{args.run_dir} -> {args.output}: load it with --model {args.output}")
         return 0
     trainer.run(load_config(args.config, args.overrides), args.run_dir, args.resume)

@@ -74,6 +74,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
+def checkpoint_of_step(run_dir: Path, step: int) -> Path:
+    """The kept checkpoint of `step`; NdvqError listing the kept steps if there is none."""
+    path = run_dir / "checkpoints" / f"step-{step:08d}"
+    if not path.is_dir():
+        kept = ", ".join(str(int(p.name[5:])) for p in sorted((run_dir / "checkpoints").glob("step-*"))) or "none"
+        raise NdvqError(f"{run_dir}: no checkpoint of step {step} (kept: {kept})")
+    return path
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         tensors = load_file(path / "state.safetensors")

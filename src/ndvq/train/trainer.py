@@ -23,7 +23,7 @@ from ndvq.errors import NdvqError
 from ndvq.eval.metrics import score
 from ndvq.quantization import ResidualQuantizer
 from ndvq.quantization.usage import code_counts, codebook_usage
-from ndvq.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ndvq.train.checkpoint import checkpoint_of_step, latest_checkpoint, load_checkpoint, save_checkpoint
 from ndvq.train.config import OptimConfig, TrainConfig, save_config
 from ndvq.train.data import AudioDataset
 from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
@@ -452,9 +452,10 @@ class Trainer:
         log.info("resumed %s at step %d", path, self.step)
 
 
-def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Codec:
-    """Write the latest checkpoint's codec as a model directory that `Codec.load` and `--model` accept."""
-    path = latest_checkpoint(Path(run_dir))
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, step: int | None = None) -> Codec:
+    """Write a checkpoint's codec (the latest, or that of `step`) as a model directory that `Codec.load` and
+    `--model` accept."""
+    path = latest_checkpoint(Path(run_dir)) if step is None else checkpoint_of_step(Path(run_dir), step)
     if path is None:
         raise NdvqError(f"{run_dir}: no checkpoint found")
     state = load_checkpoint(path)
