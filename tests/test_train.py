@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+import re
 
 import pytest
 import soundfile as sf
@@ -71,8 +72,14 @@ def test_tiny_model_overfits_one_clip(tmp_path, speech, quantizer: str) -> None:
     assert after < 0.6 * before, (before, after)
 
 
-def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys) -> None:
-    Trainer(tiny_config(corpus), tmp_path / "run").fit()
+def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys, caplog) -> None:
+    with caplog.at_level("INFO", logger="ndvq"):
+        Trainer(tiny_config(corpus), tmp_path / "run").fit()
+    # Not on a terminal: no progress bar, a line per log period and per validation instead.
+    assert "\r" not in capsys.readouterr().err
+    messages = "\n".join(caplog.messages)
+    assert re.search(r"^step 6/8: mel [\d.]+, total [\d.]+, [\d.]+ steps/s, [\d.]+ CPU hours$", messages, re.MULTILINE)
+    assert re.search(r"^step 8: validation at 4 kbps: mel_distance [\d.]+, pesq_wb [\d.]+", messages, re.MULTILINE)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["latest", "step-00000004", "step-00000008"]
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -62,10 +62,10 @@ class MetricLogger:
         self.count, self.last_step = self.count + 1, step
         self.code_counts[: codes.shape[1]] += code_counts(codes, self.code_counts.shape[1])
 
-    def flush(self, step: int) -> None:
-        """Write the averages since the last flush, and codebook usage over the same steps."""
+    def flush(self, step: int) -> dict[str, float]:
+        """Write the averages since the last flush, and codebook usage over the same steps; return them."""
         if not self.enabled or not self.count:
-            return
+            return {}
         averages = {name: total / self.count for name, total in self.sums.items()}
         entropies, unused = codebook_usage(self.code_counts)
         for stage, (entropy, dead) in enumerate(zip(entropies, unused, strict=True)):
@@ -83,6 +83,7 @@ class MetricLogger:
         self.scalars(step, averages)
         self.sums, self.count = {}, 0
         self.code_counts.zero_()
+        return averages
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

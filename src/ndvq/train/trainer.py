@@ -1,12 +1,13 @@
 """The training loop: one process per device, PyTorch DDP across processes (torchrun), exact resume."""
 
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 import json
 import logging
 import math
 import os
 from pathlib import Path
+import sys
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ndvq.codec import Codec
 from ndvq.config import CodecConfig
@@ -286,11 +288,20 @@ class Trainer:
     def fit(self) -> Codec:
         """Train until `config.steps` (or `config.cpu_hours`); returns the (unwrapped) codec."""
         config = self.config
-        bar = tqdm(total=config.steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True)
+        # A progress bar on a terminal; in a log file (nohup, a cluster job) a line per log period instead.
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=self.rank != 0 or not interactive,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        period = (self.step, time.perf_counter())  # the log period's first step and its start
         batches = self._batches()
         if not self.codec.quantizer.initialised:
             self.initialise_codebooks(batches)
-        try:
+        with logging_redirect_tqdm() if interactive else nullcontext(), bar, closing(self.logger):
             while self.step < config.steps:
                 metrics, codes = self.train_step(next(batches))
                 self.step += 1
@@ -301,7 +312,10 @@ class Trainer:
                 metrics["cpu_hours"] = self.cpu_seconds() / 3600
                 self.logger.add(self.step, metrics, codes)
                 if self.step % config.log_every == 0:
-                    self.logger.flush(self.step)
+                    averages = self.logger.flush(self.step)
+                    if averages and not interactive:
+                        self._log_progress(averages, period)
+                    period = (self.step, time.perf_counter())
                 if self.valid_batch is not None and self.step % config.valid_every == 0:
                     self.validate()
                 out_of_budget = self.step % config.log_every == 0 and self._cpu_budget_spent()
@@ -312,10 +326,16 @@ class Trainer:
                 if out_of_budget:
                     log.info("stopping at step %d: %.2f CPU hours spent", self.step, self.cpu_seconds() / 3600)
                     break
-        finally:
-            bar.close()
-            self.logger.close()
         return self.codec
+
+    def _log_progress(self, averages: dict[str, float], period: tuple[int, float]) -> None:
+        """One line for a log file: the log period's mean losses, its speed, the CPU time so far."""
+        rate = (self.step - period[0]) / (time.perf_counter() - period[1])
+        hours = self.cpu_seconds() / 3600
+        log.info(
+            f"step {self.step}/{self.config.steps}: mel {averages['mel']:.3f}, total {averages['total']:.3f}, "
+            f"{rate:.2f} steps/s, {hours:.2f} CPU hours"
+        )
 
     def _cpu_budget_spent(self) -> bool:
         """Whether rank 0 has used config.cpu_hours (all ranks agree)."""
@@ -369,6 +389,14 @@ class Trainer:
         results.update(spread_statistics(self.codec.quantizer, latent, output.codes))
         self.codec.train()
         self.logger.scalars(self.step, results)
+        if self.rank == 0:
+            middle = f"{bandwidths[len(bandwidths) // 2]:g}kbps"
+            summary = ", ".join(
+                f"{name} {results[f'valid/{name}_{middle}']:.3f}"
+                for name in ("mel_distance", "pesq_wb", "stoi")
+                if f"valid/{name}_{middle}" in results
+            )
+            log.info("step %d: validation at %s: %s", self.step, middle.replace("kbps", " kbps"), summary)
         return results
 
     def cpu_seconds(self) -> float:
