@@ -15,8 +15,9 @@ steps, as this machine's steps per CPU-hour vary between days): valid mel distan
 in bits. The Markdown table on stdout has, per run, one row per validation step: step, CPU hours, mel distance at every
 bitrate, PESQ-wb and STOI at the middle bitrate, stage-1 eval usage in bits.
 
-A run warm-started (`init_from`) from another run's export counts its CPU hours from 0: `--start-hours`
-(once per run, like --label) adds the hours of the run it started from, so both share one axis;
+A run warm-started (`init_from`) from another run's export counts its CPU hours and steps from 0:
+`--start-hours` and `--start-steps` (once per run, like --label) add those of the run it started from,
+so both share one axis;
 `--from-hours` plots only what comes after that many hours (to see forks side by side).
 
 The files are only read, so runs still being written to can be plotted; an incomplete last line is
@@ -60,7 +61,7 @@ class Run:
         return sorted(found, key=float)
 
 
-def read_run(path: Path, label: str, start_hours: float = 0.0) -> Run:
+def read_run(path: Path, label: str, start_hours: float = 0.0, start_steps: int = 0) -> Run:
     metrics_file = path / "metrics.jsonl"
     if not metrics_file.is_file():
         raise SystemExit(f"error: {metrics_file} not found")
@@ -79,7 +80,7 @@ def read_run(path: Path, label: str, start_hours: float = 0.0) -> Run:
             raise SystemExit(f"error: {metrics_file}:{number}: {exc}") from exc
         valid = {k: float(v) for k, v in record.items() if k.startswith("valid/") and isinstance(v, (int, float))}
         if valid:
-            run.points.append(ValidPoint(step=int(record["step"]), cpu_hours=cpu_hours, metrics=valid))
+            run.points.append(ValidPoint(step=start_steps + int(record["step"]), cpu_hours=cpu_hours, metrics=valid))
         elif isinstance(record.get("cpu_hours"), (int, float)):
             cpu_hours = start_hours + float(record["cpu_hours"])
     return run
@@ -177,18 +178,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--start-hours", action="append", type=float, default=[], help="CPU hours before the run, once per run"
     )
+    parser.add_argument(
+        "--start-steps", action="append", type=int, default=[], help="steps before the run, once per run"
+    )
     parser.add_argument("--from-hours", type=float, default=0.0, help="plot only from this many CPU hours on")
     parser.add_argument(
         "--x", choices=("hours", "steps"), default="hours", help="horizontal axis: CPU hours (default) or steps"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/learning-curves.png"), help="PNG to write")
     args = parser.parse_args(argv)
-    for name, given in (("--label", args.label), ("--start-hours", args.start_hours)):
+    for name, given in (
+        ("--label", args.label),
+        ("--start-hours", args.start_hours),
+        ("--start-steps", args.start_steps),
+    ):
         if given and len(given) != len(args.runs):
             parser.error(f"{len(given)} {name} for {len(args.runs)} runs: give one per run or none")
     labels = args.label or [path.resolve().name for path in args.runs]
-    starts = args.start_hours or [0.0] * len(args.runs)
-    runs = [read_run(path, label, start) for path, label, start in zip(args.runs, labels, starts, strict=True)]
+    hours = args.start_hours or [0.0] * len(args.runs)
+    steps = args.start_steps or [0] * len(args.runs)
+    runs = [read_run(*run) for run in zip(args.runs, labels, hours, steps, strict=True)]
     plot(runs, args.out, args.from_hours, args.x)
     print(markdown(runs))
     print(f"wrote {args.out}", file=sys.stderr)
