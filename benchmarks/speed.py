@@ -56,7 +56,7 @@ def write_repeated(path: Path, clip: np.ndarray, rate: int, seconds: float) -> N
 
 def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
     """Compress and decompress `seconds` of speech file to file (FLAC -> .ndvq -> WAV); runs in a fresh process."""
-    codec = Codec.from_preset(preset).eval()
+    codec = Codec.from_preset(preset)
     clip, rate = read_audio(CLIP)
     with tempfile.TemporaryDirectory() as directory:
         source, coded, decoded_file = (Path(directory) / name for name in ("in.flac", "in.ndvq", "out.wav"))
@@ -142,7 +142,7 @@ def measure_onnx(preset: str, bandwidth: float, threads: int, seconds: float = 1
 
     from ndvq.onnx_export import export_onnx
 
-    codec = Codec.from_preset(preset).eval()
+    codec = Codec.from_preset(preset)
     clip, rate = read_audio(CLIP)
     clip = resample(clip[:1], rate, codec.sample_rate)
     wav = torch.from_numpy(np.tile(clip, int(seconds * codec.sample_rate) // clip.shape[1] + 1))
@@ -188,21 +188,22 @@ def main() -> None:
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    width = max(len("preset"), *(len(preset) for preset in args.presets))
     if args.onnx:
         print("10 s of the bundled clip, tensors in memory, RTF (seconds per second of audio):")
         columns = ("encode torch", "encode onnx", "decode torch", "decode onnx", "codes equal")
-        print(f"{'preset':<22} {'kbps':>5} " + " ".join(f"{c:>12}" for c in columns))
+        print(f"{'preset':<{width}} {'kbps':>5} " + " ".join(f"{c:>12}" for c in columns))
         for preset in args.presets:
             bandwidth = preset_bandwidth(preset, args.bandwidth)
             row = measure_onnx(preset, bandwidth, args.threads)
             print(
-                f"{preset:<22} {bandwidth:5g} {row['torch_encode']:12.4f} {row['onnx_encode']:12.4f} "
+                f"{preset:<{width}} {bandwidth:5g} {row['torch_encode']:12.4f} {row['onnx_encode']:12.4f} "
                 f"{row['torch_decode']:12.4f} {row['onnx_decode']:12.4f} {row['equal']:12.6f}"
             )
         return
     print("codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights):")
     print(
-        f"{'preset':<22} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
+        f"{'preset':<{width}} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
         f"{'RSS loaded MB':>13} {'RSS peak MB':>11}"
     )
     for preset in args.presets:
@@ -214,7 +215,7 @@ def main() -> None:
                 sys.exit(f"{preset}, {seconds:g} s at {bandwidth:g} kbps failed:\n{output.stderr}")
             row = json.loads(output.stdout.strip().splitlines()[-1])
             print(
-                f"{preset:<22} {bandwidth:5g} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
+                f"{preset:<{width}} {bandwidth:5g} {seconds:8g} {row['encode_rtf']:10.4f} {row['decode_rtf']:10.4f} "
                 f"{row['rss_loaded_mb']:13.0f} {row['rss_peak_mb']:11.0f}"
             )
     frames, n_q = 75, 8

@@ -55,7 +55,7 @@ def shipped() -> Codec:
 def test_the_default_model_is_the_shipped_one_not_a_preset(shipped) -> None:
     assert DEFAULT_MODEL == "speech-16k" and DEFAULT_MODEL in pretrained.names() and DEFAULT_MODEL not in PRESETS
     name = pretrained.registry()["speech-16k"]["architecture"]
-    assert name.startswith("speech-16k-small")  # a preset the CPU trains: its untrained twin stays available
+    assert name.startswith("speech-16k-small")  # one of the CPU-sized presets, which can train on from it
     architecture = PRESETS[name]  # ndvq_residual only matters in training: ignored here
     assert dataclasses.replace(shipped.config, ndvq_residual=architecture.ndvq_residual) == architecture
 
@@ -142,6 +142,7 @@ def test_the_wheel_holds_the_shipped_model_and_loads_it_installed(tmp_path) -> N
         "speech-16k/entropy.safetensors",
     ):
         assert f"ndvq/pretrained/{name}" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     target = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", target, wheel]
     assert subprocess.run(install, capture_output=True, text=True).returncode == 0

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 import re
+import sys
 
 import pytest
 import soundfile as sf
@@ -109,6 +110,17 @@ def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys, ca
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "model-5"), "--step", "5"]) != 0
     assert "no checkpoint of step 5 (kept: 4, 8)" in capsys.readouterr().err
     assert not (tmp_path / "model-5").exists()
+
+
+def test_on_a_terminal_log_lines_print_above_the_progress_bar(tmp_path, corpus, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    arguments = [f"data.train={corpus}", f"data.valid={corpus}", "steps=4"]
+    assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--run-dir", str(tmp_path / "run"), *arguments]) == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and "step/s" in err  # the bar
+    assert "ndvq: initialising 4 codebooks" in err and "ndvq: step 4: validation at 4 kbps" in err
+    assert not re.search(r"[^\r\n]ndvq: ", err)  # each log line starts a line, never glued to the bar
+    assert "step 2/4: mel" not in err  # no per-period lines beside the bar
 
 
 def weights_of(codec: Codec) -> list[torch.Tensor]:

@@ -288,8 +288,12 @@ class Trainer:
     def fit(self) -> Codec:
         """Train until `config.steps` (or `config.cpu_hours`); returns the (unwrapped) codec."""
         config = self.config
-        # A progress bar on a terminal; in a log file (nohup, a cluster job) a line per log period instead.
-        interactive = sys.stderr.isatty()
+        batches = self._batches()
+        if not self.codec.quantizer.initialised:
+            self.initialise_codebooks(batches)
+        # A progress bar on a terminal, or where nothing handles the log; in a log file (nohup, a cluster job)
+        # a line per log period instead.
+        interactive = sys.stderr.isatty() or not log.hasHandlers()
         bar = tqdm(
             total=config.steps,
             initial=self.step,
@@ -298,9 +302,6 @@ class Trainer:
             dynamic_ncols=True,
         )
         period = (self.step, time.perf_counter())  # the log period's first step and its start
-        batches = self._batches()
-        if not self.codec.quantizer.initialised:
-            self.initialise_codebooks(batches)
         with logging_redirect_tqdm() if interactive else nullcontext(), bar, closing(self.logger):
             while self.step < config.steps:
                 metrics, codes = self.train_step(next(batches))
@@ -311,7 +312,7 @@ class Trainer:
                 )
                 metrics["cpu_hours"] = self.cpu_seconds() / 3600
                 self.logger.add(self.step, metrics, codes)
-                if self.step % config.log_every == 0:
+                if self.step % config.log_every == 0 or self.step == config.steps:
                     averages = self.logger.flush(self.step)
                     if averages and not interactive:
                         self._log_progress(averages, period)
@@ -333,8 +334,8 @@ class Trainer:
         rate = (self.step - period[0]) / (time.perf_counter() - period[1])
         hours = self.cpu_seconds() / 3600
         log.info(
-            f"step {self.step}/{self.config.steps}: mel {averages['mel']:.3f}, total {averages['total']:.3f}, "
-            f"{rate:.2f} steps/s, {hours:.2f} CPU hours"
+            "step %d/%d: mel %.3f, total %.3f, %.2f steps/s, %.2f CPU hours",
+            *(self.step, self.config.steps, averages["mel"], averages["total"], rate, hours),
         )
 
     def _cpu_budget_spent(self) -> bool:
@@ -389,14 +390,13 @@ class Trainer:
         results.update(spread_statistics(self.codec.quantizer, latent, output.codes))
         self.codec.train()
         self.logger.scalars(self.step, results)
-        if self.rank == 0:
-            middle = f"{bandwidths[len(bandwidths) // 2]:g}kbps"
-            summary = ", ".join(
-                f"{name} {results[f'valid/{name}_{middle}']:.3f}"
-                for name in ("mel_distance", "pesq_wb", "stoi")
-                if f"valid/{name}_{middle}" in results
-            )
-            log.info("step %d: validation at %s: %s", self.step, middle.replace("kbps", " kbps"), summary)
+        middle = f"{bandwidths[len(bandwidths) // 2]:g}kbps"
+        summary = ", ".join(
+            f"{name} {results[f'valid/{name}_{middle}']:.3f}"
+            for name in ("mel_distance", "pesq_wb", "stoi")
+            if f"valid/{name}_{middle}" in results
+        )
+        log.info("step %d: validation at %s: %s", self.step, middle.replace("kbps", " kbps"), summary)
         return results
 
     def cpu_seconds(self) -> float:
