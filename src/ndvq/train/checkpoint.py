@@ -42,11 +42,16 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of step `step`'s checkpoint, zero-padded so that names sort by step."""
+    return f"step-{step:08d}"
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write `state` (nested dicts of tensors and JSON values) as checkpoint `step`; keep the newest `keep`."""
     directory = run_dir / "checkpoints"
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
+    name = checkpoint_name(step)
     temporary = directory / f".{name}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
@@ -76,7 +81,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def checkpoint_of_step(run_dir: Path, step: int) -> Path:
     """The kept checkpoint of `step`; NdvqError listing the kept steps if there is none."""
-    path = run_dir / "checkpoints" / f"step-{step:08d}"
+    path = run_dir / "checkpoints" / checkpoint_name(step)
     if not path.is_dir():
         kept = ", ".join(str(int(p.name[5:])) for p in sorted((run_dir / "checkpoints").glob("step-*"))) or "none"
         raise NdvqError(f"{run_dir}: no checkpoint of step {step} (kept: {kept})")
