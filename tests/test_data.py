@@ -51,6 +51,30 @@ def test_dataset_resamples_mixes_down_pads_and_skips(folder, caplog) -> None:
     assert 0.25 < stereo.abs().max() < 0.62  # the mean of two 0.3 tones: mono, not summed
 
 
+def test_speed_perturbation_shifts_pitch_within_the_range_and_is_reproducible(tmp_path) -> None:
+    t = np.arange(32000) / 16000
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 16000)
+
+    def peak_hz(item: torch.Tensor) -> float:
+        spectrum = np.abs(np.fft.rfft(item[0].numpy() * np.hanning(item.shape[-1]), n=1 << 16))
+        return float(np.argmax(spectrum) * 16000 / (1 << 16))
+
+    plain = AudioDataset(tmp_path, 16000, 0.5)
+    assert peak_hz(plain[0]) == pytest.approx(1000, abs=1)
+    peaks = []
+    for epoch in range(20):
+        a, b = AudioDataset(tmp_path, 16000, 0.5, speed=0.1), AudioDataset(tmp_path, 16000, 0.5, speed=0.1)
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        item = a[0]
+        assert item.shape == (1, 8000) and torch.equal(item, b[0])
+        assert item[0, -100:].abs().max() > 0.1  # enough source was read for the whole crop at the highest speed
+        peaks.append(peak_hz(item))
+    assert 899 < min(peaks) and max(peaks) < 1101  # 1 kHz played at 0.9 .. 1.1 times its speed
+    assert max(peaks) - min(peaks) > 60  # spread over the range, not one speed
+    with pytest.raises(NdvqError, match="speed perturbation"):
+        AudioDataset(tmp_path, 16000, 0.5, speed=0.5)
+
+
 def test_crops_depend_only_on_seed_epoch_and_index(folder) -> None:
     a, b = AudioDataset(folder, 16000, 0.5, seed=3), AudioDataset(folder, 16000, 0.5, seed=3)
     assert torch.equal(a[0], b[0])

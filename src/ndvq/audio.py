@@ -87,14 +87,14 @@ def check_audio(wav: np.ndarray, name: str) -> np.ndarray:
     return wav
 
 
-def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+def resample(wav: np.ndarray, source_rate: float, target_rate: int) -> np.ndarray:
     """wav [C, T] from source_rate to target_rate Hz with soxr (high quality)."""
     if source_rate == target_rate:
         return wav
     return np.ascontiguousarray(soxr.resample(wav.T, source_rate, target_rate).T, dtype=np.float32)
 
 
-def mono_at(wav: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+def mono_at(wav: np.ndarray, rate: float, target_rate: int) -> np.ndarray:
     """Audio [C, T] at `rate` mixed down to mono and resampled: float32 [T'] at `target_rate`."""
     return resample(wav.mean(axis=0, keepdims=True), rate, target_rate)[0].astype(np.float32, copy=False)
 

@@ -19,6 +19,7 @@ class DataConfig:
     train: str = ""  # a folder of audio files or a manifest (.tsv)
     valid: str = ""  # same; empty: no validation
     segment_seconds: float = 1.0  # random crop length
+    speed: float = 0.0  # speed perturbation: each training crop plays at a speed drawn in [1 - speed, 1 + speed]
     min_seconds: float = 0.5
     max_seconds: float = 20.0
     batch_size: int = 8  # per rank

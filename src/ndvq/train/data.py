@@ -31,6 +31,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     Item i of epoch e is a crop of file i at an offset drawn from a generator seeded by (seed, e, i),
     so a resumed run, any worker process and any rank see exactly the same crops. Shape [1, samples].
+    With `speed` > 0 each crop is also played at a speed drawn uniformly in [1 - speed, 1 + speed]
+    (tempo and pitch together, as Kaldi's speed perturbation): more voices from a few speakers.
     """
 
     def __init__(
@@ -41,7 +43,10 @@ class AudioDataset(torch.utils.data.Dataset):
         min_seconds: float = 0.5,
         max_seconds: float = 20.0,
         seed: int = 0,
+        speed: float = 0.0,
     ) -> None:
+        if not 0.0 <= speed < 0.5:
+            raise NdvqError(f"speed perturbation {speed:g}: must be in [0, 0.5)")
         source = Path(source)
         if source.is_dir():
             files, self.skipped = _scan(source)
@@ -57,7 +62,7 @@ class AudioDataset(torch.utils.data.Dataset):
         if not self.files:
             raise NdvqError(f"{source}: no readable audio files between {min_seconds:g} and {max_seconds:g} s")
         self.sample_rate, self.segment = sample_rate, round(segment_seconds * sample_rate)
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.speed = seed, 0, speed
 
     def set_epoch(self, epoch: int) -> None:
         """Crops of the next items are drawn for this epoch (call it before each epoch, in every process)."""
@@ -83,13 +88,15 @@ class AudioDataset(torch.utils.data.Dataset):
     def _crop(self, path: str, index: int) -> np.ndarray:
         """Read only the crop (plus a margin for the resampler), mix down, resample, cut or zero-pad: [segment]."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        # Played `speed` times faster: read `speed` times more source and resample as if it ran at rate * speed.
+        speed = 1.0 + rng.uniform(-self.speed, self.speed) if self.speed else 1.0
         with sf.SoundFile(path) as audio:
             rate = audio.samplerate
-            want = int(np.ceil(self.segment * rate / self.sample_rate)) + 16  # margin for the resampler
+            want = int(np.ceil(self.segment * speed * rate / self.sample_rate)) + 16  # margin for the resampler
             start = int(rng.integers(0, max(1, audio.frames - want + 1)))
             audio.seek(start)
             wav = audio.read(want, dtype="float32", always_2d=True)
         if not np.isfinite(wav).all():
             raise ValueError("non-finite samples")
-        wav = mono_at(wav.T, rate, self.sample_rate)[: self.segment]
+        wav = mono_at(wav.T, rate * speed, self.sample_rate)[: self.segment]
         return np.pad(wav, (0, self.segment - len(wav)))

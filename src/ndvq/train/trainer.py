@@ -123,7 +123,13 @@ class Trainer:
 
         data = config.data
         self.dataset = AudioDataset(
-            data.train, codec_config.sample_rate, data.segment_seconds, data.min_seconds, data.max_seconds, config.seed
+            data.train,
+            codec_config.sample_rate,
+            data.segment_seconds,
+            data.min_seconds,
+            data.max_seconds,
+            config.seed,
+            data.speed,
         )
         self.valid_batch = self._validation_batch() if data.valid and self.rank == 0 else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
