@@ -46,7 +46,7 @@ class AudioDataset(torch.utils.data.Dataset):
         speed: float = 0.0,
     ) -> None:
         if not 0.0 <= speed < 0.5:
-            raise NdvqError(f"speed perturbation {speed:g}: must be in [0, 0.5)")
+            raise NdvqError(f"speed perturbation (data.speed) {speed:g}: must be in [0, 0.5)")
         source = Path(source)
         if source.is_dir():
             files, self.skipped = _scan(source)
