@@ -62,8 +62,8 @@ def test_speed_perturbation_shifts_pitch_within_the_range_and_is_reproducible(tm
     plain = AudioDataset(tmp_path, 16000, 0.5)
     assert peak_hz(plain[0]) == pytest.approx(1000, abs=1)
     peaks = []
+    a, b = AudioDataset(tmp_path, 16000, 0.5, speed=0.1), AudioDataset(tmp_path, 16000, 0.5, speed=0.1)
     for epoch in range(20):
-        a, b = AudioDataset(tmp_path, 16000, 0.5, speed=0.1), AudioDataset(tmp_path, 16000, 0.5, speed=0.1)
         a.set_epoch(epoch), b.set_epoch(epoch)
         item = a[0]
         assert item.shape == (1, 8000) and torch.equal(item, b[0])
