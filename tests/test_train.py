@@ -2,8 +2,10 @@
 
 import json
 import math
+import os
 from pathlib import Path
 import re
+import subprocess
 import sys
 
 import pytest
@@ -157,6 +159,13 @@ def test_cpu_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(tmp_pa
     resumed = Trainer(tiny_config(corpus, "cpu_hours=0", "log_every=2", "steps=8"), tmp_path / "run", resume=True)
     resumed.fit()
     assert resumed.step == 8
+
+
+def test_a_run_validates_at_its_last_step(tmp_path, corpus) -> None:
+    """The last step is validated even off the `valid_every` grid, so every run's log ends on its final quality."""
+    Trainer(tiny_config(corpus, "steps=6", "valid_every=4", "checkpoint_every=4"), tmp_path / "run").fit()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "valid/mel_distance_8kbps" in line] == [4, 6]
 
 
 def test_learning_rate_warms_up_holds_and_cools_down_to_zero(corpus) -> None:
@@ -366,3 +375,49 @@ def test_phase_weight_adds_the_phase_loss_to_training(tmp_path, corpus) -> None:
     assert 0 < metrics["phase"] <= 2
     plain = Trainer(tiny_config(corpus), tmp_path / "plain")
     assert "phase" not in plain.train_step(next(plain._batches()))[0]
+
+
+def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> None:
+    """scripts/timed_recipe.sh on the tiny preset: stage A stops at its time, B and C take the recipe's keys and
+    step counts from A's speed, and each stage exports a model."""
+    root = tmp_path / "recipe"
+    overrides = [
+        "model=tiny",
+        f"data.train={corpus}",
+        f"data.valid={corpus}",
+        "data.segment_seconds=0.25",
+        "data.batch_size=2",
+        "checkpoint_every=2",
+        "optim.warmup_steps=1",
+    ]
+    environment = {**os.environ, "NDVQ": str(Path(sys.executable).parent / "ndvq"), "NDVQ_THREADS": "1"}
+    script = Path(__file__).parent.parent / "scripts" / "timed_recipe.sh"
+    result = subprocess.run(
+        ["bash", str(script), str(root), "20", *overrides], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps_a, elapsed, steps_b, steps_c = map(
+        int,
+        re.search(
+            r"stage a: (\d+) steps in (\d+) s; stage b: (\d+) steps, stage c: (\d+) steps", result.stdout
+        ).groups(),
+    )
+    assert elapsed >= 10 and steps_b == max(steps_a * 20 * 34 // 100 // elapsed, 1)
+    assert steps_c == max(steps_a * 20 * 9 // 100 // elapsed, 1)
+    b, c = (load_config(root / stage / "config.yaml") for stage in ("b", "c"))
+    assert b.init_from == str(root / "export-a") and c.init_from == str(root / "export-b")
+    assert (b.steps, b.cooldown_steps, b.optim.lr, b.loss.waveform, b.loss.stoi) == (
+        steps_b,
+        steps_b * 7 // 17,
+        3e-4,
+        0.0,
+        0.0,
+    )
+    assert (c.steps, c.cooldown_steps, c.loss.stoi, c.data.speed, c.data.batch_size) == (
+        steps_c,
+        steps_c // 2,
+        0.05,
+        0.1,
+        2,
+    )
+    assert Codec.load(root / "export-c").config == Codec.load(root / "export-a").config

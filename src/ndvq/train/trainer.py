@@ -323,12 +323,11 @@ class Trainer:
                     if averages and not interactive:
                         self._log_progress(averages, period)
                     period = (self.step, time.perf_counter())
-                if self.valid_batch is not None and self.step % config.valid_every == 0:
-                    self.validate()
                 out_of_budget = self.step % config.log_every == 0 and self._cpu_budget_spent()
-                if out_of_budget and self.valid_batch is not None and self.step % config.valid_every != 0:
+                last = self.step == config.steps or out_of_budget  # the run's end: validated and saved
+                if self.valid_batch is not None and (self.step % config.valid_every == 0 or last):
                     self.validate()
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps or out_of_budget:
+                if self.step % config.checkpoint_every == 0 or last:
                     self.save()
                 if out_of_budget:
                     log.info("stopping at step %d: %.2f CPU hours spent", self.step, self.cpu_seconds() / 3600)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The speech-16k recipe's three stages (docs/ndvq-that-learns.md) in a wall-clock budget, for a GPU machine:
+#
+#   scripts/timed_recipe.sh RUN_ROOT SECONDS [key=value ...]
+#
+# Stage A (half the time) trains the istft preset at its constant learning rate until its time is up; its
+# speed then sets the step counts of stage B (34%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17
+# cooling to zero) and stage C (9%: STOI loss 0.05, speed perturbation 0.1, the last half cooling); the rest
+# is start-up and exports. The overrides apply to every stage (data.train=..., quantizer=rvq,
+# data.batch_size=32, ...), after stage A's keys and before those of stages B and C.
+# Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log), RUN_ROOT/export-{a,b,c} (models) and
+# RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 RUN_ROOT SECONDS [key=value ...]" >&2
+    exit 2
+fi
+root=$1
+seconds=$2
+shift 2
+ndvq=${NDVQ:-ndvq}
+config="$(cd "$(dirname "$0")/.." && pwd)/configs/speech-16k-small.yaml"
+common=(model=speech-16k-small-istft "$@")
+later=(optim.lr=3e-4 loss.quantizer=0.1 loss.waveform=0)
+mkdir -p "$root"
+start=$(date +%s)
+say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
+
+say "stage a: $((seconds / 2)) s at the preset's learning rate ($*)"
+status=0
+timeout "$((seconds / 2))" "$ndvq" train --config "$config" --run-dir "$root/a" steps=100000000 \
+    checkpoint_every=250 "${common[@]}" >>"$root/a.log" 2>&1 || status=$?
+if [ "$status" -ne 124 ] && [ "$status" -ne 0 ]; then
+    say "stage a failed ($status): $(tail -n 1 "$root/a.log")"
+    exit 1
+fi
+if [ ! -f "$root/a/checkpoints/latest" ]; then
+    say "stage a: no checkpoint in $((seconds / 2)) s (checkpoint_every=250 unless overridden): give it more time"
+    exit 1
+fi
+steps_a=$(sed 's/^step-0*//' "$root/a/checkpoints/latest")
+elapsed=$(($(date +%s) - start))
+"$ndvq" export "$root/a" "$root/export-a" >/dev/null
+# Stage A's steps per second, start-up included, set the later stages' step counts.
+steps_b=$((steps_a * seconds * 34 / 100 / elapsed))
+steps_c=$((steps_a * seconds * 9 / 100 / elapsed))
+steps_b=$((steps_b > 0 ? steps_b : 1))
+steps_c=$((steps_c > 0 ? steps_c : 1))
+say "stage a: $steps_a steps in $elapsed s; stage b: $steps_b steps, stage c: $steps_c steps"
+
+"$ndvq" train --config "$config" --run-dir "$root/b" "${common[@]}" init_from="$root/export-a" "${later[@]}" \
+    steps="$steps_b" cooldown_steps="$((steps_b * 7 / 17))" >>"$root/b.log" 2>&1
+"$ndvq" export "$root/b" "$root/export-b" >/dev/null
+say "stage b: done at $(($(date +%s) - start)) s"
+
+"$ndvq" train --config "$config" --run-dir "$root/c" "${common[@]}" init_from="$root/export-b" "${later[@]}" \
+    loss.stoi=0.05 data.speed=0.1 steps="$steps_c" cooldown_steps="$((steps_c / 2))" >>"$root/c.log" 2>&1
+"$ndvq" export "$root/c" "$root/export-c" >/dev/null
+say "stage c: done at $(($(date +%s) - start)) s"
