@@ -261,6 +261,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["loss.mel_bins=[64, 64]"], r"loss.mel_bins: expected 7 positive bin counts"),
         (["loss.phase=1", "loss.balancer=true"], "loss.phase: not combined with loss.balancer"),
         (["loss.stoi=1", "loss.balancer=true"], "loss.stoi: not combined with loss.balancer"),
+        (["data.speed=0.5"], r"data.speed \(speed perturbation\): must be in \[0, 0.5\), got 0.5"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:

@@ -47,6 +47,11 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def kept_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint folders in `directory` (a run's checkpoints/), oldest first."""
+    return sorted(directory.glob("step-*"))
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write `state` (nested dicts of tensors and JSON values) as checkpoint `step`; keep the newest `keep`."""
     directory = run_dir / "checkpoints"
@@ -64,7 +69,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     pointer = directory / f".{LATEST}.tmp"
     pointer.write_text(name + "\n")
     os.replace(pointer, directory / LATEST)
-    for old in sorted(directory.glob("step-*"))[:-keep]:
+    for old in kept_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return directory / name
 
@@ -83,7 +88,7 @@ def checkpoint_of_step(run_dir: Path, step: int) -> Path:
     """The kept checkpoint of `step`; NdvqError listing the kept steps if there is none."""
     path = run_dir / "checkpoints" / checkpoint_name(step)
     if not path.is_dir():
-        kept = ", ".join(str(int(p.name[5:])) for p in sorted((run_dir / "checkpoints").glob("step-*"))) or "none"
+        kept = ", ".join(str(int(p.name[5:])) for p in kept_checkpoints(run_dir / "checkpoints")) or "none"
         raise NdvqError(f"{run_dir}: no checkpoint of step {step} (kept: {kept})")
     return path
 

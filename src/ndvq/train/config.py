@@ -11,6 +11,7 @@ from ndvq import pretrained
 from ndvq.config import QUANTIZERS, CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
+from ndvq.train.data import check_speed
 from ndvq.train.losses import MEL_SCALES
 
 
@@ -108,6 +109,7 @@ class TrainConfig:
         for name in ("phase", "stoi"):
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
+        check_speed(self.data.speed)
         if self.cpu_hours < 0:
             raise NdvqError("cpu_hours: must be 0 (no limit) or positive")
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):

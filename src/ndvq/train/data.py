@@ -26,6 +26,14 @@ def _scan(folder: Path) -> tuple[list[tuple[Path, float]], list[tuple[str, str]]
     return files, skipped
 
 
+MAX_SPEED = 0.5  # speed perturbation draws from [1 - speed, 1 + speed] with speed under this
+
+
+def check_speed(speed: float) -> None:
+    if not 0.0 <= speed < MAX_SPEED:
+        raise NdvqError(f"data.speed (speed perturbation): must be in [0, {MAX_SPEED:g}), got {speed:g}")
+
+
 class AudioDataset(torch.utils.data.Dataset):
     """Random crops of `segment_seconds` from a folder of audio files or a manifest.
 
@@ -45,8 +53,7 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: int = 0,
         speed: float = 0.0,
     ) -> None:
-        if not 0.0 <= speed < 0.5:
-            raise NdvqError(f"speed perturbation (data.speed) {speed:g}: must be in [0, 0.5)")
+        check_speed(speed)
         source = Path(source)
         if source.is_dir():
             files, self.skipped = _scan(source)
