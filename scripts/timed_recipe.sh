@@ -11,8 +11,8 @@
 # Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log), RUN_ROOT/export-{a,b,c} (models) and
 # RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
-if [ $# -lt 2 ]; then
-    echo "usage: $0 RUN_ROOT SECONDS [key=value ...]" >&2
+if [ $# -lt 2 ] || ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 2 ]; then
+    echo "usage: $0 RUN_ROOT SECONDS [key=value ...] (SECONDS: a whole number, at least 2)" >&2
     exit 2
 fi
 root=$1
@@ -49,7 +49,8 @@ steps_c=$((steps_c > 0 ? steps_c : 1))
 say "stage a: $steps_a steps in $elapsed s; stage b: $steps_b steps, stage c: $steps_c steps"
 
 "$ndvq" train --config "$config" --run-dir "$root/b" "${common[@]}" init_from="$root/export-a" "${later[@]}" \
-    steps="$steps_b" cooldown_steps="$((steps_b * 7 / 17))" >>"$root/b.log" 2>&1
+    steps="$steps_b" cooldown_steps="$((steps_b * 7 / 17))" >>"$root/b.log" 2>&1 ||
+    { say "stage b failed: $(tail -n 1 "$root/b.log")"; exit 1; }
 "$ndvq" export "$root/b" "$root/export-b" >/dev/null
 say "stage b: done at $(($(date +%s) - start)) s"
 

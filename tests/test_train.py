@@ -422,3 +422,7 @@ def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> N
         2,
     )
     assert Codec.load(root / "export-c").config == Codec.load(root / "export-a").config
+    # A budget that is not a whole number of seconds is refused before anything runs.
+    refused = subprocess.run(["bash", str(script), str(tmp_path / "other"), "1.5"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "SECONDS: a whole number" in refused.stderr
+    assert not (tmp_path / "other").exists()
