@@ -1,5 +1,5 @@
-"""Training throughput: steps/s and peak RSS for a preset with each quantizer, with and without the
-discriminator, and NDVQ's overhead against RVQ.
+"""Training throughput: steps/s and peak RSS (and peak GPU memory on a GPU) for a preset with each quantizer,
+with and without the discriminator, and NDVQ's overhead against RVQ.
 
     python benchmarks/train_speed.py [--preset speech-16k-large] [--threads 2] [--steps 12] [--batch-size 8] \
         [--set KEY=VALUE ...]
@@ -8,7 +8,8 @@ discriminator, and NDVQ's overhead against RVQ.
 `--set discriminator.filters=8 'discriminator.scales=[1024,256]' data.segment_seconds=0.5`.
 
 Each configuration runs in its own process on crops of the bundled speech clip; the k-means
-initialisation of every stage and two warm-up steps come before the timed steps.
+initialisation of every stage and two warm-up steps come before the timed steps. Where CUDA is
+available the trainer runs there, as `ndvq train` does.
 """
 
 import argparse
@@ -57,10 +58,13 @@ def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_si
         for _ in range(steps):
             trainer.train_step(next(batches))
             trainer.step += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
     return {
         "steps_per_second": steps / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }
 
 
@@ -79,12 +83,14 @@ def main() -> None:
         print(json.dumps(measure(args.preset, quantizer, adversarial, args.steps, args.batch_size, args.set)))
         return
 
-    print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, {device}")
     segment = load_config(None, [f"data.train={CLIP}", *args.set]).data.segment_seconds
     print(f"{args.preset}, batch {args.batch_size} x {segment:g} s crops, fp32, {args.steps} timed steps:")
     if args.set:
         print(f"overrides: {' '.join(args.set)}")
-    print(f"{'quantizer':<9} {'discriminator':<13} {'steps/s':>8} {'s/step':>7} {'peak RSS MB':>11}")
+    gpu_column = f" {'peak GPU MB':>11}" if torch.cuda.is_available() else ""
+    print(f"{'quantizer':<9} {'discriminator':<13} {'steps/s':>8} {'s/step':>7} {'peak RSS MB':>11}{gpu_column}")
     rates = {}
     for adversarial in (False, True):
         for quantizer in ("ndvq", "rvq"):
@@ -99,9 +105,10 @@ def main() -> None:
             row = json.loads(output.stdout.strip().splitlines()[-1])
             rates[quantizer, adversarial] = row["steps_per_second"]
             mode = "every 3rd step" if adversarial else "off"
+            gpu = f" {row['peak_gpu_mb']:11.0f}" if row["peak_gpu_mb"] is not None else ""
             print(
                 f"{quantizer:<9} {mode:<13} {row['steps_per_second']:8.3f} {1 / row['steps_per_second']:7.2f} "
-                f"{row['peak_rss_mb']:11.0f}"
+                f"{row['peak_rss_mb']:11.0f}{gpu}"
             )
     for adversarial in (False, True):
         overhead = rates["rvq", adversarial] / rates["ndvq", adversarial] - 1
