@@ -55,6 +55,7 @@ say "stage a: $steps_a steps in $elapsed s; stage b: $steps_b steps, stage c: $s
 say "stage b: done at $(($(date +%s) - start)) s"
 
 "$ndvq" train --config "$config" --run-dir "$root/c" "${common[@]}" init_from="$root/export-b" "${later[@]}" \
-    loss.stoi=0.05 data.speed=0.1 steps="$steps_c" cooldown_steps="$((steps_c / 2))" >>"$root/c.log" 2>&1
+    loss.stoi=0.05 data.speed=0.1 steps="$steps_c" cooldown_steps="$((steps_c / 2))" >>"$root/c.log" 2>&1 ||
+    { say "stage c failed: $(tail -n 1 "$root/c.log")"; exit 1; }
 "$ndvq" export "$root/c" "$root/export-c" >/dev/null
 say "stage c: done at $(($(date +%s) - start)) s"
