@@ -5,8 +5,8 @@
 #
 # Stage A (half the time) trains the istft preset at its constant learning rate until its time is up; its
 # speed then sets the step counts of stage B (34%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17
-# cooling to zero) and stage C (9%: STOI loss 0.05, speed perturbation 0.1, the last half cooling); the rest
-# is start-up and exports. The overrides apply to every stage (data.train=..., quantizer=rvq,
+# cooling to zero) and stage C (9%: STOI loss 0.05, speed perturbation 0.1, the last half cooling), which
+# scripts/recipe.sh then runs; the rest is start-up and exports. The overrides apply to every stage (data.train=..., quantizer=rvq,
 # data.batch_size=32, ...), after stage A's keys and before those of stages B and C.
 # Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log), RUN_ROOT/export-{a,b,c} (models) and
 # RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
@@ -21,7 +21,6 @@ shift 2
 ndvq=${NDVQ:-ndvq}
 config="$(cd "$(dirname "$0")/.." && pwd)/configs/speech-16k-small.yaml"
 common=(model=speech-16k-small-istft "$@")
-later=(optim.lr=3e-4 loss.quantizer=0.1 loss.waveform=0)
 mkdir -p "$root"
 start=$(date +%s)
 say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
@@ -48,14 +47,6 @@ steps_b=$((steps_b > 0 ? steps_b : 1))
 steps_c=$((steps_c > 0 ? steps_c : 1))
 say "stage a: $steps_a steps in $elapsed s; stage b: $steps_b steps, stage c: $steps_c steps"
 
-"$ndvq" train --config "$config" --run-dir "$root/b" "${common[@]}" init_from="$root/export-a" "${later[@]}" \
-    steps="$steps_b" cooldown_steps="$((steps_b * 7 / 17))" >>"$root/b.log" 2>&1 ||
-    { say "stage b failed: $(tail -n 1 "$root/b.log")"; exit 1; }
-"$ndvq" export "$root/b" "$root/export-b" >/dev/null
-say "stage b: done at $(($(date +%s) - start)) s"
-
-"$ndvq" train --config "$config" --run-dir "$root/c" "${common[@]}" init_from="$root/export-b" "${later[@]}" \
-    loss.stoi=0.05 data.speed=0.1 steps="$steps_c" cooldown_steps="$((steps_c / 2))" >>"$root/c.log" 2>&1 ||
-    { say "stage c failed: $(tail -n 1 "$root/c.log")"; exit 1; }
-"$ndvq" export "$root/c" "$root/export-c" >/dev/null
-say "stage c: done at $(($(date +%s) - start)) s"
+# Stages B and C as scripts/recipe.sh runs them (stage A is skipped there: its export exists).
+RECIPE_STEPS="$steps_a $steps_b $steps_c" NDVQ="$ndvq" bash "$(dirname "$0")/recipe.sh" "$root" "$@"
+say "stages b and c: done at $(($(date +%s) - start)) s"

@@ -5,6 +5,7 @@ import math
 import os
 from pathlib import Path
 import re
+import shutil
 import subprocess
 import sys
 
@@ -378,21 +379,29 @@ def test_phase_weight_adds_the_phase_loss_to_training(tmp_path, corpus) -> None:
     assert "phase" not in plain.train_step(next(plain._batches()))[0]
 
 
-def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> None:
-    """scripts/timed_recipe.sh on the tiny preset: stage A stops at its time, B and C take the recipe's keys and
-    step counts from A's speed, and each stage exports a model."""
-    root = tmp_path / "recipe"
-    overrides = [
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+RECIPE_ENVIRONMENT = {**os.environ, "NDVQ": str(Path(sys.executable).parent / "ndvq"), "NDVQ_THREADS": "1"}
+
+
+def recipe_overrides(corpus: Path) -> list[str]:
+    """The recipe scripts' keys for seconds-long stages: the tiny preset on the two-clip corpus."""
+    return [
         "model=tiny",
         f"data.train={corpus}",
         f"data.valid={corpus}",
         "data.segment_seconds=0.25",
         "data.batch_size=2",
-        "checkpoint_every=2",
         "optim.warmup_steps=1",
     ]
-    environment = {**os.environ, "NDVQ": str(Path(sys.executable).parent / "ndvq"), "NDVQ_THREADS": "1"}
-    script = Path(__file__).parent.parent / "scripts" / "timed_recipe.sh"
+
+
+def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> None:
+    """scripts/timed_recipe.sh on the tiny preset: stage A stops at its time, B and C take the recipe's keys and
+    step counts from A's speed, and each stage exports a model."""
+    root = tmp_path / "recipe"
+    overrides = [*recipe_overrides(corpus), "checkpoint_every=2"]
+    environment = RECIPE_ENVIRONMENT
+    script = SCRIPTS / "timed_recipe.sh"
     result = subprocess.run(
         ["bash", str(script), str(root), "20", *overrides], env=environment, capture_output=True, text=True
     )
@@ -426,3 +435,50 @@ def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> N
     refused = subprocess.run(["bash", str(script), str(tmp_path / "other"), "1.5"], capture_output=True, text=True)
     assert refused.returncode == 2 and "SECONDS: a whole number" in refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_recipe_runs_its_stages_and_resumes_after_a_crash(tmp_path, corpus) -> None:
+    """scripts/recipe.sh on the tiny preset: three stages with the recipe's keys, each from the last one's export;
+    run again after a crash between training and export, it resumes the stage from its checkpoint and goes on."""
+    root = tmp_path / "recipe"
+    overrides = recipe_overrides(corpus)
+    environment = RECIPE_ENVIRONMENT
+    script = [str(SCRIPTS / "recipe.sh"), str(root), *overrides]
+    recipe = {**environment, "RECIPE_STEPS": "3 17 4"}
+    result = subprocess.run(["bash", *script], env=recipe, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    a, b, c = (load_config(root / stage / "config.yaml") for stage in ("a", "b", "c"))
+    assert (a.steps, a.cooldown_steps, a.init_from, a.optim.lr) == (3, 0, "", 1e-3)
+    assert (b.steps, b.cooldown_steps, b.init_from, b.optim.lr, b.loss.waveform) == (
+        17,
+        7,
+        str(root / "export-a"),
+        3e-4,
+        0,
+    )
+    assert (c.steps, c.cooldown_steps, c.init_from, c.loss.stoi, c.data.speed) == (
+        4,
+        2,
+        str(root / "export-b"),
+        0.05,
+        0.1,
+    )
+    finished = Codec.load(root / "export-c").state_dict()
+
+    # A crash after stage B's last step, before its export: the rerun resumes B (nothing left to train),
+    # exports it and trains C again from it; stage A is not touched.
+    shutil.rmtree(root / "export-b")
+    shutil.rmtree(root / "export-c")
+    shutil.rmtree(root / "c")
+    a_log = (root / "a.log").read_text()
+    result = subprocess.run(["bash", *script], env=recipe, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stage a: exported already" in result.stdout and "stage b: 17 steps (resuming)" in result.stdout
+    assert "resumed" in (root / "b.log").read_text() and (root / "a.log").read_text() == a_log
+    again = Codec.load(root / "export-c").state_dict()
+    assert all(torch.equal(finished[k], again[k]) for k in finished)  # the same model: resume is exact
+
+    refused = subprocess.run(
+        ["bash", *script], env={**environment, "RECIPE_STEPS": "3 0 4"}, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "whole numbers of steps" in refused.stderr

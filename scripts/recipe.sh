@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The speech-16k recipe's three stages by steps (docs/ndvq-that-learns.md), resumable:
+#
+#   scripts/recipe.sh RUN_ROOT [key=value ...]
+#
+# Stage A trains the istft preset from scratch at its constant learning rate (20,000 steps); stage B starts from
+# A's export at lr 3e-4, commitment 0.1, no waveform loss (17,000 steps, the last 7/17 cooling to zero); stage C
+# starts from B's with the STOI loss 0.05 and speed perturbation 0.1 (4,000 steps, the last half cooling).
+# RECIPE_STEPS="A B C" sets other step counts (the cool-downs keep their fractions). The overrides apply to
+# every stage (data.train=..., quantizer=rvq, ...), after stage A's keys and before those of stages B and C.
+# Run the same command again after a crash or a reboot: a stage with an export is skipped, one with a
+# checkpoint resumes from it. Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log),
+# RUN_ROOT/export-{a,b,c} (models) and RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
+set -euo pipefail
+read -r steps_a steps_b steps_c extra <<<"${RECIPE_STEPS:-20000 17000 4000}" || true
+if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ "$steps_a $steps_b $steps_c" =~ ^[1-9][0-9]*\ [1-9][0-9]*\ [1-9][0-9]*$ ]]; then
+    echo "usage: [RECIPE_STEPS=\"A B C\"] $0 RUN_ROOT [key=value ...] (A, B, C: whole numbers of steps, at least 1)" >&2
+    exit 2
+fi
+root=$1
+shift
+ndvq=${NDVQ:-ndvq}
+config="$(cd "$(dirname "$0")/.." && pwd)/configs/speech-16k-small.yaml"
+common=(model=speech-16k-small-istft "$@")
+later=(optim.lr=3e-4 loss.quantizer=0.1 loss.waveform=0)
+mkdir -p "$root"
+say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
+
+# stage NAME STEPS COOLDOWN [key=value ...]: train (or resume) RUN_ROOT/NAME, then export it.
+stage() {
+    local name=$1 steps=$2 cooldown=$3
+    shift 3
+    if [ -e "$root/export-$name" ]; then
+        say "stage $name: exported already ($root/export-$name)"
+        return
+    fi
+    local resume=()
+    [ -f "$root/$name/checkpoints/latest" ] && resume=(--resume)
+    say "stage $name: $steps steps${resume:+ (resuming)}"
+    "$ndvq" train --config "$config" --run-dir "$root/$name" "${common[@]}" "$@" steps="$steps" \
+        cooldown_steps="$cooldown" "${resume[@]}" >>"$root/$name.log" 2>&1 ||
+        { say "stage $name failed: $(tail -n 1 "$root/$name.log")"; exit 1; }
+    "$ndvq" export "$root/$name" "$root/export-$name" >/dev/null
+    say "stage $name: done"
+}
+
+stage a "$steps_a" 0
+stage b "$steps_b" "$((steps_b * 7 / 17))" init_from="$root/export-a" "${later[@]}"
+stage c "$steps_c" "$((steps_c / 2))" init_from="$root/export-b" "${later[@]}" loss.stoi=0.05 data.speed=0.1
