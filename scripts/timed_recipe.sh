@@ -6,8 +6,8 @@
 # Stage A (half the time) trains the istft preset at its constant learning rate until its time is up; its
 # speed then sets the step counts of stage B (34%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17
 # cooling to zero) and stage C (9%: STOI loss 0.05, speed perturbation 0.1, the last half cooling), which
-# scripts/recipe.sh then runs; the rest is start-up and exports. The overrides apply to every stage (data.train=..., quantizer=rvq,
-# data.batch_size=32, ...), after stage A's keys and before those of stages B and C.
+# scripts/recipe.sh then runs; the rest is start-up and exports. The overrides apply to every stage
+# (data.train=..., quantizer=rvq, data.batch_size=32, ...), after stage A's keys and before those of B and C.
 # Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log), RUN_ROOT/export-{a,b,c} (models) and
 # RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
