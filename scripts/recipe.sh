@@ -13,8 +13,10 @@
 # RUN_ROOT/export-{a,b,c} (models) and RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
 read -r steps_a steps_b steps_c extra <<<"${RECIPE_STEPS:-20000 17000 4000}" || true
-if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ "$steps_a $steps_b $steps_c" =~ ^[1-9][0-9]*\ [1-9][0-9]*\ [1-9][0-9]*$ ]]; then
-    echo "usage: [RECIPE_STEPS=\"A B C\"] $0 RUN_ROOT [key=value ...] (A, B, C: whole numbers of steps, at least 1)" >&2
+count='[1-9][0-9]*'
+if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ "$steps_a $steps_b $steps_c" =~ ^$count\ $count\ $count$ ]]; then
+    echo "usage: [RECIPE_STEPS=\"A B C\"] $0 RUN_ROOT [key=value ...]" \
+        "(A, B, C: whole numbers of steps, at least 1)" >&2
     exit 2
 fi
 root=$1
