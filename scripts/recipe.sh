@@ -32,7 +32,7 @@ say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
 stage() {
     local name=$1 steps=$2 cooldown=$3
     shift 3
-    if [ -e "$root/export-$name" ]; then
+    if [ -f "$root/export-$name/config.json" ]; then  # written last: a model directory is whole
         say "stage $name: exported already ($root/export-$name)"
         return
     fi
