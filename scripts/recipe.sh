@@ -12,7 +12,7 @@
 # checkpoint resumes from it. Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log),
 # RUN_ROOT/export-{a,b,c} (models) and RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
-read -r steps_a steps_b steps_c extra <<<"${RECIPE_STEPS:-20000 17000 4000}" || true
+read -r steps_a steps_b steps_c extra <<<"${RECIPE_STEPS:-20000 17000 4000}"
 count='[1-9][0-9]*'
 if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ "$steps_a $steps_b $steps_c" =~ ^$count\ $count\ $count$ ]]; then
     echo "usage: [RECIPE_STEPS=\"A B C\"] $0 RUN_ROOT [key=value ...]" \

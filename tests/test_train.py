@@ -401,10 +401,12 @@ def test_timed_recipe_runs_its_three_stages_in_its_budget(tmp_path, corpus) -> N
     root = tmp_path / "recipe"
     overrides = [*recipe_overrides(corpus), "checkpoint_every=2"]
     budget = 40  # seconds: stage A has half, start-up included, enough for a checkpoint on a loaded machine
-    environment = RECIPE_ENVIRONMENT
     script = SCRIPTS / "timed_recipe.sh"
     result = subprocess.run(
-        ["bash", str(script), str(root), str(budget), *overrides], env=environment, capture_output=True, text=True
+        ["bash", str(script), str(root), str(budget), *overrides],
+        env=RECIPE_ENVIRONMENT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     steps_a, elapsed, steps_b, steps_c = map(
@@ -442,10 +444,8 @@ def test_recipe_runs_its_stages_and_resumes_after_a_crash(tmp_path, corpus) -> N
     """scripts/recipe.sh on the tiny preset: three stages with the recipe's keys, each from the last one's export;
     run again after a crash in an export, it resumes the stage from its checkpoint and goes on."""
     root = tmp_path / "recipe"
-    overrides = recipe_overrides(corpus)
-    environment = RECIPE_ENVIRONMENT
-    script = [str(SCRIPTS / "recipe.sh"), str(root), *overrides]
-    recipe = {**environment, "RECIPE_STEPS": "3 17 4"}
+    script = [str(SCRIPTS / "recipe.sh"), str(root), *recipe_overrides(corpus)]
+    recipe = {**RECIPE_ENVIRONMENT, "RECIPE_STEPS": "3 17 4"}
     result = subprocess.run(["bash", *script], env=recipe, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     a, b, c = (load_config(root / stage / "config.yaml") for stage in ("a", "b", "c"))
@@ -481,6 +481,6 @@ def test_recipe_runs_its_stages_and_resumes_after_a_crash(tmp_path, corpus) -> N
     assert all(torch.equal(finished[k], again[k]) for k in finished)  # the same model: resume is exact
 
     refused = subprocess.run(
-        ["bash", *script], env={**environment, "RECIPE_STEPS": "3 0 4"}, capture_output=True, text=True
+        ["bash", *script], env={**RECIPE_ENVIRONMENT, "RECIPE_STEPS": "3 0 4"}, capture_output=True, text=True
     )
     assert refused.returncode == 2 and "whole numbers of steps" in refused.stderr
