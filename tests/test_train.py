@@ -336,15 +336,20 @@ def test_phase_loss_grows_with_phase_jitter() -> None:
     assert torch.isfinite(silent.grad).all()
 
 
+def pulsing_voice(seconds: float) -> torch.Tensor:
+    """A voice at 150 Hz (28 harmonics) at 16 kHz, its loudness rising and falling 4 times a second: [1, 1, T]."""
+    t = torch.arange(round(seconds * 16000)) / 16000
+    voice = sum(torch.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 30)) * torch.sin(2 * math.pi * 4 * t) ** 2
+    return (0.05 * voice).reshape(1, 1, -1)
+
+
 def test_intelligibility_loss_follows_pystoi() -> None:
     from pystoi import stoi
 
     from ndvq.train.losses import IntelligibilityLoss, third_octave_bands
 
     torch.manual_seed(0)
-    t = torch.arange(24000) / 16000  # 1.5 s of a voice at 150 Hz, its loudness rising and falling 4 times a second
-    voice = sum(torch.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 30)) * torch.sin(2 * math.pi * 4 * t) ** 2
-    x = (0.05 * voice).reshape(1, 1, -1)
+    x = pulsing_voice(1.5)
     loss = IntelligibilityLoss(16000)
     assert loss(x, x).item() < 1e-4
     scores = []
@@ -361,6 +366,40 @@ def test_intelligibility_loss_follows_pystoi() -> None:
     loss(silent, x).backward()
     assert torch.isfinite(silent.grad).all()
     assert loss(x, torch.zeros_like(x)).item() == 0.0  # a silent target is skipped, not scored 0
+
+
+def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:
+    from pesq import pesq
+
+    from ndvq.train.losses import DisturbanceLoss
+
+    torch.manual_seed(0)
+    x = pulsing_voice(2.0)
+    loss = DisturbanceLoss(16000)
+    assert loss(x, x).item() < 1e-4
+    assert loss(0.5 * x, x).item() < 1e-4  # levels are aligned, as PESQ does
+    losses, scores = [], []
+    for snr_db in (30, 15, 0):
+        noise = torch.randn_like(x)
+        y = x + noise * x.norm() / noise.norm() * 10 ** (-snr_db / 20)
+        losses.append(loss(y, x).item())
+        scores.append(pesq(16000, x.flatten().numpy(), y.flatten().numpy(), "wb"))
+    assert losses[0] < losses[1] < losses[2] and scores[0] > scores[1] > scores[2], (losses, scores)
+    # a crop of silence stays silence (the level floor): faint noise in it costs little, and gradients stay finite
+    quiet = 1e-6 * torch.randn_like(x)
+    assert loss(quiet + 1e-5 * torch.randn_like(x), quiet).item() < losses[0]
+    silent = torch.zeros_like(x, requires_grad=True)
+    loss(silent, x).backward()
+    assert torch.isfinite(silent.grad).all()
+    assert loss(torch.zeros_like(x), torch.zeros_like(x)).item() < 1e-4
+
+
+def test_pesq_weight_adds_the_disturbance_loss_to_training(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.pesq=1"), tmp_path / "run")
+    metrics, _ = trainer.train_step(next(trainer._batches()))
+    assert metrics["pesq"] > 0
+    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
+    assert "pesq" not in plain.train_step(next(plain._batches()))[0]
 
 
 def test_stoi_weight_adds_the_intelligibility_loss_to_training(tmp_path, corpus) -> None:

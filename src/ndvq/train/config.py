@@ -45,6 +45,7 @@ class LossConfig:
     mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
     phase: float = 0.0  # STFT phase derivatives (losses.PhaseDerivativeLoss); 0: not computed
     stoi: float = 0.0  # 1 - STOI, differentiable (losses.IntelligibilityLoss); 0: not computed
+    pesq: float = 0.0  # PESQ's perceptual disturbance, differentiable (losses.DisturbanceLoss); 0: not computed
     quantizer: float = 0.5
     adversarial: float = 1.0
     feature: float = 5.0  # relative feature matching

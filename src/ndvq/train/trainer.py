@@ -32,6 +32,7 @@ from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
 from ndvq.train.logs import MetricLogger, spread_statistics
 from ndvq.train.losses import (
     Balancer,
+    DisturbanceLoss,
     IntelligibilityLoss,
     MultiScaleMelLoss,
     PhaseDerivativeLoss,
@@ -118,6 +119,7 @@ class Trainer:
         self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.stoi_loss = IntelligibilityLoss(codec_config.sample_rate).to(self.device)
+        self.pesq_loss = DisturbanceLoss(codec_config.sample_rate).to(self.device)
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
 
@@ -229,6 +231,8 @@ class Trainer:
             losses["phase"] = self.phase_loss(decoded, wav)
         if weights.stoi:
             losses["stoi"] = self.stoi_loss(decoded, wav)
+        if weights.pesq:
+            losses["pesq"] = self.pesq_loss(decoded, wav)
         if adversarial:
             fake_logits, fake_features = self.discriminator(decoded)
             with torch.no_grad():
