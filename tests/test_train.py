@@ -366,6 +366,12 @@ def test_intelligibility_loss_follows_pystoi() -> None:
     loss(silent, x).backward()
     assert torch.isfinite(silent.grad).all()
     assert loss(x, torch.zeros_like(x)).item() == 0.0  # a silent target is skipped, not scored 0
+    # a pause at -100 dBFS is skipped too: it adds nothing to a batch's loss and gets no gradient
+    dither, estimate = 1e-5 * torch.randn_like(x), torch.randn_like(x).requires_grad_(True)
+    noisy = x + 0.1 * torch.randn_like(x)
+    assert loss(torch.cat([noisy, estimate]), torch.cat([x, dither])).item() == pytest.approx(loss(noisy, x).item())
+    loss(estimate, dither).backward()
+    assert estimate.grad.abs().max() == 0
 
 
 def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:

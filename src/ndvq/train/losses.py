@@ -75,11 +75,13 @@ class IntelligibilityLoss(nn.Module):
     overlap, 15 one-third-octave band envelopes from 150 Hz, the target's frames more than 40 dB under its
     loudest dropped (from both), then the correlation of the two envelopes over every 30-frame (384 ms)
     segment, the estimate's scaled to the target's energy and clipped at -15 dB signal-to-distortion.
-    Items with fewer than 30 frames left (often 0.5 s crops, 38 frames) use one segment of all of them; silent targets
-    are skipped. For training only: report STOI with pystoi (`ndvq eval`).
+    Items with fewer than 30 frames left (often 0.5 s crops, 38 frames) use one segment of all of them. Targets
+    whose loudest frame is under QUIET_DBFS (a pause, dither) are skipped: STOI is scale-invariant, so its
+    gradient grows as 1 / amplitude, and one such crop would hold all of a batch's gradient
+    (benchmarks/loss_gradients.py). For training only: report STOI with pystoi (`ndvq eval`).
     """
 
-    SEGMENT, DYNAMIC_RANGE_DB, CLIP = 30, 40.0, 1 + 10 ** (15 / 20)
+    SEGMENT, DYNAMIC_RANGE_DB, CLIP, QUIET_DBFS = 30, 40.0, 1 + 10 ** (15 / 20), -40.0
 
     def __init__(self, sample_rate: int, eps: float = 1e-8) -> None:
         super().__init__()
@@ -93,8 +95,10 @@ class IntelligibilityLoss(nn.Module):
         envelope_est, envelope_tgt = (torch.sqrt(self.bands @ power + self.eps) for power in powers)
         loudness = 10 * torch.log10(powers[1].sum(dim=1) + self.eps)  # [B, frames]
         scores = []
-        for est, tgt, level, power in zip(envelope_est, envelope_tgt, loudness, powers[1], strict=True):
-            if not power.max() > 0:  # a silent target: nothing to be intelligible
+        frames = target.reshape(-1, target.shape[-1]).float().unfold(-1, self.frame, self.hop)
+        peaks = 10 * torch.log10(frames.pow(2).mean(dim=-1).amax(dim=-1) + self.eps)  # [B] dBFS
+        for est, tgt, level, peak in zip(envelope_est, envelope_tgt, loudness, peaks, strict=True):
+            if peak < self.QUIET_DBFS:  # silence or a pause: nothing to be intelligible
                 continue
             keep = level > level.max() - self.DYNAMIC_RANGE_DB
             est, tgt = est[:, keep], tgt[:, keep]  # [bands, frames]
