@@ -55,7 +55,7 @@ class PhaseDerivativeLoss(nn.Module):
         total = 0.0
         for n_fft in self.scales:
             window = getattr(self, f"window_{n_fft}")
-            spectra = [stft(wav, window) for wav in (estimate, target)]  # [B, bins, frames]
+            spectra = [stft(wav, window) for wav in (estimate, target)]
             # unit phasors (smooth at zero magnitude) and the target's magnitude as the weight
             est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in spectra)
             weight = spectra[1].abs().detach()
@@ -91,7 +91,7 @@ class IntelligibilityLoss(nn.Module):
         self.register_buffer("bands", third_octave_bands(sample_rate, self.n_fft), persistent=False)
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        powers = [self._power(wav) for wav in (estimate, target)]  # [B, bins, frames]
+        powers = [frame_power(wav, self.window, self.n_fft, self.hop) for wav in (estimate, target)]
         envelope_est, envelope_tgt = (torch.sqrt(self.bands @ power + self.eps) for power in powers)
         loudness = 10 * torch.log10(powers[1].sum(dim=1) + self.eps)  # [B, frames]
         scores = []
@@ -113,18 +113,6 @@ class IntelligibilityLoss(nn.Module):
         if not scores:  # nothing long enough to score: no gradient, no loss
             return estimate.sum() * 0.0
         return 1 - torch.stack(scores).mean()
-
-    def _power(self, wav: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.stft(
-            wav.reshape(-1, wav.shape[-1]).float(),
-            self.n_fft,
-            self.hop,
-            win_length=self.frame,
-            window=self.window,
-            center=False,
-            return_complex=True,
-        )
-        return spectrum.real**2 + spectrum.imag**2
 
 
 class DisturbanceLoss(nn.Module):
@@ -161,7 +149,7 @@ class DisturbanceLoss(nn.Module):
         self.floor = float(variance * self.window.pow(2).sum() * self.filters.sum(dim=1).mean())
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        powers = [self._band_power(wav) for wav in (estimate, target)]  # [B, bands, frames]
+        powers = [self.filters @ frame_power(wav, self.window, self.n_fft, self.hop) for wav in (estimate, target)]
         power_est, power_tgt = (p / p.detach().mean(dim=(1, 2), keepdim=True).clamp(min=self.floor) for p in powers)
         loudness_est, loudness_tgt = self._loudness(power_est), self._loudness(power_tgt)
         difference = loudness_est - loudness_tgt
@@ -172,13 +160,6 @@ class DisturbanceLoss(nn.Module):
         symmetric = (masked.abs().pow(3).mean(dim=1) + self.eps).pow(1 / 3)  # [B, frames]
         asymmetric = (masked * asymmetry).abs().mean(dim=1)
         return (0.1 * self._over_time(symmetric) + self.asymmetric * self._over_time(asymmetric)).mean()
-
-    def _band_power(self, wav: torch.Tensor) -> torch.Tensor:
-        wav = wav.reshape(-1, wav.shape[-1]).float()
-        spectrum = torch.stft(
-            wav, self.n_fft, self.hop, win_length=self.frame, window=self.window, center=False, return_complex=True
-        )
-        return self.filters @ (spectrum.real**2 + spectrum.imag**2)
 
     def _loudness(self, power: torch.Tensor) -> torch.Tensor:
         """Zwicker's law over the hearing threshold: 0 at silence, about power ** 0.23 well above it."""
@@ -191,6 +172,21 @@ class DisturbanceLoss(nn.Module):
         segments = disturbance.unfold(-1, length, max(length // 2, 1))  # [B, segments, length]
         within = (segments.pow(6).mean(dim=-1) + self.eps).pow(1 / 6)
         return (within.pow(2).mean(dim=-1) + self.eps).sqrt()
+
+
+def frame_power(wav: torch.Tensor, window: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """|STFT|^2 of wav [B, 1, T] in whole frames (no centring padding) of len(window) samples, zero-padded to
+    n_fft, every hop samples: [B, n_fft // 2 + 1, frames]."""
+    spectrum = torch.stft(
+        wav.reshape(-1, wav.shape[-1]).float(),
+        n_fft,
+        hop,
+        win_length=window.shape[0],
+        window=window,
+        center=False,
+        return_complex=True,
+    )
+    return spectrum.real**2 + spectrum.imag**2
 
 
 def third_octave_bands(sample_rate: int, n_fft: int, bands: int = 15, lowest: float = 150.0) -> torch.Tensor:
