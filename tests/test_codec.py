@@ -256,10 +256,13 @@ def test_overlap_add_inverts_windowed_framing() -> None:
     torch.testing.assert_close(overlap_add(frames, window, hop), wav)
 
 
-def test_istft_decoder_codes_and_trains() -> None:
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_istft_decoder_codes_and_trains(upsample: int) -> None:
     torch.manual_seed(0)
-    codec = Codec(CodecConfig(**{**PRESETS["tiny"].to_dict(), "decoder": "istft"})).train()
+    config = {**PRESETS["tiny"].to_dict(), "decoder": "istft", "decoder_upsample": upsample}
+    codec = Codec(CodecConfig(**config)).train()
     assert isinstance(codec.decoder, ISTFTDecoder)
+    assert codec.decoder.synthesis.hop_length == 64 // upsample  # blocks at 250 Hz times upsample
     out = codec(0.1 * torch.randn(2, 1, 777), n_q=2)
     assert out.wav.shape == (2, 1, 777) and out.codes.shape == (2, 2, 13)
     (out.wav.pow(2).mean() + sum(out.losses.values())).backward()
@@ -281,3 +284,9 @@ def test_decoder_choice_is_checked_and_keeps_earlier_fingerprints() -> None:
     # The field came after models had shipped: at its default it stays out of the fingerprint.
     assert "decoder" not in CodecConfig().identity_dict()
     assert CodecConfig(decoder="istft").identity_dict()["decoder"] == "istft"
+    assert "decoder_upsample" not in CodecConfig(decoder="istft").identity_dict()
+    assert CodecConfig(decoder="istft", decoder_upsample=2).identity_dict()["decoder_upsample"] == 2
+    with pytest.raises(ValueError, match="decoder_upsample=2 needs decoder istft"):
+        CodecConfig(decoder_upsample=2)
+    with pytest.raises(ValueError, match="hop \\(320\\) it divides"):
+        CodecConfig(sample_rate=16000, decoder="istft", decoder_upsample=3)

@@ -22,13 +22,14 @@ def variant(**changes) -> Codec:
     return Codec(CodecConfig(**{**PRESETS["tiny"].to_dict(), **changes})).eval()
 
 
-@pytest.fixture(scope="module", params=["tiny", "causal", "rvq", "istft"])
+@pytest.fixture(scope="module", params=["tiny", "causal", "rvq", "istft", "istft-up2"])
 def exported(request, tmp_path_factory) -> tuple[Codec, Path]:
     codec = {
         "tiny": lambda: Codec.from_preset("tiny"),
         "causal": lambda: variant(causal=True),
         "rvq": lambda: variant(quantizer="rvq"),
         "istft": lambda: variant(decoder="istft"),
+        "istft-up2": lambda: variant(decoder="istft", decoder_upsample=2),
     }[request.param]()
     out = tmp_path_factory.mktemp(request.param)
     export_onnx(codec, out)

@@ -86,7 +86,9 @@ class Codec(nn.Module):
         self.encoder = SEANetEncoder(**seanet)
         if config.decoder == "istft":
             width = config.n_filters * 2 ** len(config.strides)
-            self.decoder = ISTFTDecoder(config.channels, config.dimension, width, ISTFT_LAYERS, config.hop_length)
+            self.decoder = ISTFTDecoder(
+                config.channels, config.dimension, width, ISTFT_LAYERS, config.hop_length, config.decoder_upsample
+            )
         else:
             self.decoder = SEANetDecoder(**seanet)
         quantizer = dict(

@@ -7,7 +7,10 @@ from typing import Any
 from ndvq.errors import NdvqError
 
 QUANTIZERS = ("ndvq", "rvq")
-LATER_FIELDS = {"decoder": "seanet"}  # fields added after models were shipped, with their defaults
+LATER_FIELDS = {
+    "decoder": "seanet",
+    "decoder_upsample": 1,
+}  # fields added after models were shipped, with their defaults
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class CodecConfig:
     lstm_layers: int = 2
     causal: bool = False
     decoder: str = "seanet"  # "seanet" (EnCodec's, mirror of the encoder) or "istft" (frame-rate, modules/istft.py)
+    decoder_upsample: int = 1  # the istft decoder's blocks run at this many times the frame rate
     quantizer: str = "ndvq"
     codebook_size: int = 1024
     num_codebooks: int = 32
@@ -58,6 +62,13 @@ class CodecConfig:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.decoder == "istft" and self.causal:
             raise ValueError("the istft decoder is non-causal (causal=true needs decoder seanet)")
+        upsample = self.decoder_upsample
+        if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
+            raise ValueError(f"decoder_upsample must be a positive integer, got {upsample!r}")
+        if upsample > 1 and (self.decoder != "istft" or self.hop_length % upsample):
+            raise ValueError(
+                f"decoder_upsample={upsample} needs decoder istft and a hop ({self.hop_length}) it divides"
+            )
         for name, allowed in (
             ("decoder", ("seanet", "istft")),
             ("ndvq_estimator", ("ema", "gradient")),

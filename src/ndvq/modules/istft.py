@@ -65,23 +65,29 @@ class InverseSTFT(nn.Module):
 
 
 class ISTFTDecoder(nn.Module):
-    """latent [B, dimension, F] -> wav [B, channels, F * hop]: conv k7 up to `dim`, `layers` ConvNeXt blocks,
-    a linear head to log-magnitude and phase of n_fft / 2 + 1 bins, InverseSTFT."""
+    """latent [B, dimension, F] -> wav [B, channels, F * hop]: conv k7 up to `dim`, `upsample` sub-frames per
+    frame (a transposed conv, stride `upsample`), `layers` ConvNeXt blocks, a linear head to log-magnitude and
+    phase of n_fft / 2 + 1 bins, InverseSTFT with hop / upsample and n_fft = 4 * hop / upsample."""
 
-    def __init__(self, channels: int, dimension: int, dim: int, layers: int, hop_length: int) -> None:
+    def __init__(
+        self, channels: int, dimension: int, dim: int, layers: int, hop_length: int, upsample: int = 1
+    ) -> None:
         super().__init__()
         if channels != 1:
             raise ValueError("the inverse-STFT decoder is mono")
-        self.hop_length, n_fft = hop_length, 4 * hop_length
+        if hop_length % upsample:
+            raise ValueError(f"upsample {upsample} does not divide the hop {hop_length}")
+        self.hop_length, n_fft = hop_length, 4 * hop_length // upsample
         self.embed = nn.Conv1d(dimension, dim, 7, padding=3)
+        self.upsample = nn.ConvTranspose1d(dim, dim, upsample, stride=upsample) if upsample > 1 else nn.Identity()
         self.norm = nn.LayerNorm(dim)
         self.blocks = nn.Sequential(*(ConvNeXtBlock(dim, 3 * dim, 1.0 / layers) for _ in range(layers)))
         self.final_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_fft + 2)
-        self.synthesis = InverseSTFT(n_fft, hop_length)
+        self.synthesis = InverseSTFT(n_fft, hop_length // upsample)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.embed(latent).transpose(1, 2)).transpose(1, 2)
+        x = self.norm(self.upsample(self.embed(latent)).transpose(1, 2)).transpose(1, 2)
         x = self.final_norm(self.blocks(x).transpose(1, 2))
         log_magnitude, phase = self.head(x).transpose(1, 2).chunk(2, dim=1)  # [B, bins, F] each
         return self.synthesis(log_magnitude, phase)
