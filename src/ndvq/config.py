@@ -7,10 +7,8 @@ from typing import Any
 from ndvq.errors import NdvqError
 
 QUANTIZERS = ("ndvq", "rvq")
-LATER_FIELDS = {
-    "decoder": "seanet",
-    "decoder_upsample": 1,
-}  # fields added after models were shipped, with their defaults
+# Fields added after models were shipped, with their defaults: at those, they stay out of the fingerprint.
+LATER_FIELDS = {"decoder": "seanet", "decoder_upsample": 1}
 
 
 @dataclass(frozen=True)
