@@ -55,7 +55,7 @@ class PhaseDerivativeLoss(nn.Module):
         total = 0.0
         for n_fft in self.scales:
             window = getattr(self, f"window_{n_fft}")
-            spectra = [stft(wav, window) for wav in (estimate, target)]
+            spectra = [stft(wav, window) for wav in (estimate, target)]  # [B, bins, frames]
             # unit phasors (smooth at zero magnitude) and the target's magnitude as the weight
             est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in spectra)
             weight = spectra[1].abs().detach()
@@ -91,6 +91,7 @@ class IntelligibilityLoss(nn.Module):
         self.register_buffer("bands", third_octave_bands(sample_rate, self.n_fft), persistent=False)
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # [B, bins, frames] each
         powers = [frame_power(wav, self.window, self.n_fft, self.hop) for wav in (estimate, target)]
         envelope_est, envelope_tgt = (torch.sqrt(self.bands @ power + self.eps) for power in powers)
         loudness = 10 * torch.log10(powers[1].sum(dim=1) + self.eps)  # [B, frames]
@@ -149,6 +150,7 @@ class DisturbanceLoss(nn.Module):
         self.floor = float(variance * self.window.pow(2).sum() * self.filters.sum(dim=1).mean())
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # [B, bands, frames] each
         powers = [self.filters @ frame_power(wav, self.window, self.n_fft, self.hop) for wav in (estimate, target)]
         power_est, power_tgt = (p / p.detach().mean(dim=(1, 2), keepdim=True).clamp(min=self.floor) for p in powers)
         loudness_est, loudness_tgt = self._loudness(power_est), self._loudness(power_tgt)
