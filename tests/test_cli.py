@@ -96,6 +96,14 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
         path = tmp_path / "bad.flac"
         sf.write(path, tone.T, 16000)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "header_only_flac":  # a download cut off early: libsndfile fails to seek, not to open
+        path = tmp_path / "bad.flac"
+        sf.write(path, tone.T, 16000)
+        path.write_bytes(path.read_bytes()[:100])
+    elif kind == "truncated_aiff":  # libsndfile indents the AIFF note of a short chunk, unlike WAV's
+        path = tmp_path / "bad.aiff"
+        sf.write(path, tone.T, 16000)
+        path.write_bytes(path.read_bytes()[:5000])
     elif kind == "missing":
         path = tmp_path / "missing.wav"
     return path
@@ -108,6 +116,8 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
         ("not_audio", "cannot decode audio"),
         ("truncated", "truncated file"),
         ("truncated_flac", "cannot decode audio"),
+        ("header_only_flac", "cannot decode audio"),
+        ("truncated_aiff", "truncated file"),
         ("zero_length", "no audio samples"),
         ("nan", "NaN or infinite"),
         ("inf", "NaN or infinite"),
@@ -118,10 +128,29 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
 def test_bad_audio_input(tmp_path, capsys, command: str, kind: str, message: str) -> None:
     source = _bad_audio(tmp_path, kind)
     before = files(tmp_path)
-    code, out, err = run(capsys, command, source, tmp_path / "out.wav", "--model", "tiny", "-b", "2")
+    target = tmp_path / ("out.ndvq" if command == "compress" else "out.wav")
+    code, out, err = run(capsys, command, source, target, "--model", "tiny", "-b", "2")
     assert code == 1
     assert_one_error_line(err, f"ndvq: error: {source}: ", message)
     assert files(tmp_path) == before  # no output and no temporary file left behind
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, clip) -> None:
+    original = clip.read_bytes()
+    (tmp_path / "link.wav").symlink_to(clip)
+    for argv, target, message in [
+        (["roundtrip", clip, clip], clip, "is the input file"),
+        (["roundtrip", clip, tmp_path / "link.wav"], tmp_path / "link.wav", "is the input file"),
+        (["compress", clip, clip], clip, "compress writes an .ndvq file, not .wav audio"),
+    ]:
+        code, _, err = run(capsys, *argv, "--model", "tiny", "-b", "2")
+        assert code == 1
+        assert_one_error_line(err, f"ndvq: error: {target}: ", message)
+        assert clip.read_bytes() == original
+    assert run(capsys, "compress", clip, tmp_path / "c.ndvq", "--model", "tiny", "-b", "2")[0] == 0
+    packed = (tmp_path / "c.ndvq").read_bytes()
+    code, _, err = run(capsys, "decompress", tmp_path / "c.ndvq", tmp_path / "c.ndvq", "--model", "tiny")
+    assert code == 1 and "is the input file" in err and (tmp_path / "c.ndvq").read_bytes() == packed
 
 
 def test_very_short_audio_is_coded(tmp_path, capsys) -> None:
@@ -192,6 +221,9 @@ def test_bad_options(tmp_path, capsys, clip, argv: list[str], message: str) -> N
         (["eval", "REF", "--out", "OUT", "--model", "tiny", "-b", "abc"], "expected a bitrate in kbps, got 'abc'"),
         (["eval", "REF", "--out", "OUT", "--opus", "-6"], "expected a bitrate in kbps, got '-6'"),
         (["compress", "REF", "OUT", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["eval", "REF", "--out", "OUT", "--model", "tiny", "--limit", "0"], "--limit: must be at least 1, got 0"),
+        (["eval", "REF", "--out", "OUT", "--model", "tiny", "--workers", "-3"], "--workers: must be at least 1"),
+        (["tokenize", "REF", "OUT", "--workers", "two"], "--workers: expected a whole number, got 'two'"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, capsys, clip, argv: list[str], message: str) -> None:

@@ -98,13 +98,20 @@ def test_file_broken_after_a_valid_header_does_not_crash(tmp_path, caplog) -> No
     assert "broken.flac while reading" in caplog.text
 
 
-def test_file_missing_from_a_manifest_is_replaced_by_the_next(tmp_path, caplog) -> None:
+def test_file_missing_from_a_manifest_is_skipped_or_replaced_by_the_next(tmp_path, caplog) -> None:
     sf.write(tmp_path / "a.wav", tone(1.0, 16000), 16000)
-    write_manifest(tmp_path / "list.tsv", [(tmp_path / "gone.wav", 1.0), (tmp_path / "a.wav", 1.0)])
-    dataset = AudioDataset(tmp_path / "list.tsv", 16000, 0.5)
+    sf.write(tmp_path / "b.wav", tone(1.0, 16000), 16000)
+    rows = [(tmp_path / "gone.wav", 1.0), (tmp_path / "b.wav", 1.0), (tmp_path / "a.wav", 1.0)]
+    write_manifest(tmp_path / "list.tsv", rows)
+    with caplog.at_level(logging.WARNING, logger="ndvq"):
+        dataset = AudioDataset(tmp_path / "list.tsv", 16000, 0.5)  # missing at the start: skipped, said once
+    assert [Path(p).name for p, _ in dataset.files] == ["b.wav", "a.wav"]
+    assert [(Path(p).name, reason) for p, reason in dataset.skipped] == [("gone.wav", "no such file")]
+    assert "gone.wav: no such file" in caplog.text and "1 unreadable" in caplog.text
+    (tmp_path / "b.wav").unlink()  # gone since: replaced by the next item's crop
     with caplog.at_level(logging.WARNING, logger="ndvq"):
         assert torch.equal(dataset[0], dataset[1])
-    assert "gone.wav while reading" in caplog.text
+    assert "b.wav while reading" in caplog.text
     (tmp_path / "a.wav").unlink()
     with pytest.raises(NdvqError, match="none of the 2 files"):
         dataset[0]

@@ -263,6 +263,13 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["loss.phase=1", "loss.balancer=true"], "loss.phase: not combined with loss.balancer"),
         (["loss.stoi=1", "loss.balancer=true"], "loss.stoi: not combined with loss.balancer"),
         (["data.speed=0.5"], r"data.speed \(speed perturbation\): must be in \[0, 0.5\), got 0.5"),
+        (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values, got 1"),
+        (["loss.balancer_weights=[1.0]"], "loss.balancer_weights: expected a list of 4 values, got 1"),
+        (["optim.lr=-1"], "optim.lr: must be positive, got -1.0"),
+        (["optim.betas=[0.9, 1.0]"], r"optim.betas: must be in \[0, 1\), got \[0.9, 1.0\]"),
+        (["data.batch_size=0"], "data.batch_size: must be at least 1, got 0"),
+        (["data.num_workers=-1"], "data.num_workers: must be at least 0, got -1"),
+        (["discriminator.filters=0"], "discriminator.filters: must be at least 1, got 0"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:

@@ -1,12 +1,13 @@
 """Reading, writing and resampling audio. Arrays are float32 [channels, samples]."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 import errno
 import os
 from pathlib import Path
 import re
 import secrets
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -16,16 +17,20 @@ from ndvq.errors import NdvqError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 _HIGH_RESOLUTION = ("PCM_24", "PCM_32", "FLOAT", "DOUBLE")  # sample formats above 16 bits
+T = TypeVar("T")
 
 
-# libsndfile notes a data chunk shorter than its header declares as "data : 32000 (should be 15978)".
-_SHORT_CHUNK = re.compile(r"^(?:data|SSND) : (\d+) \(should be (\d+)\)", re.MULTILINE)
+# libsndfile notes a data chunk shorter than its header declares as "data : 32000 (should be 15978)" (WAV) or
+# " SSND : 336400 (should be 168177)" (AIFF, indented).
+_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND) : (\d+) \(should be (\d+)\)", re.MULTILINE)
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers leave the size unset
 
 
 @contextmanager
 def open_audio(path: str | os.PathLike) -> Iterator[sf.SoundFile]:
-    """Open an audio file for reading; rejects unreadable, truncated (WAV/AIFF) and empty files."""
+    """Open an audio file for reading; rejects missing, unreadable, truncated (WAV/AIFF) and empty files."""
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # libsndfile would say "System error"
+        raise NdvqError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
     try:
         audio = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
@@ -56,12 +61,16 @@ def audio_seconds(path: str | os.PathLike) -> float:
 def audio_blocks(audio: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
     """An open file from its start, as float32 blocks [C, <= frames] (-1: all at once), each checked to be
     finite."""
-    audio.seek(0)
-    while True:
+
+    def decode(step: Callable[[], T]) -> T:
         try:
-            block = audio.read(frames, dtype="float32", always_2d=True).T
+            return step()
         except (sf.LibsndfileError, RuntimeError) as error:
             raise NdvqError(f"{audio.name}: cannot decode audio ({str(error).splitlines()[0]})") from None
+
+    decode(lambda: audio.seek(0))  # a file cut short can fail here already
+    while True:
+        block = decode(lambda: audio.read(frames, dtype="float32", always_2d=True)).T
         if block.shape[1] == 0:
             return
         yield check_audio(block, str(audio.name))
@@ -139,12 +148,19 @@ def _new_file_beside(path: Path) -> Path:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
-def check_output(path: str | os.PathLike, audio: bool = False, subtype: str | None = None) -> None:
-    """Refuse, before any work, an output path that is a directory; for audio also an unknown suffix or a
-    subtype its container cannot hold."""
+def check_output(
+    path: str | os.PathLike,
+    audio: bool = False,
+    subtype: str | None = None,
+    source: str | os.PathLike | None = None,
+) -> None:
+    """Refuse, before any work, an output path that is a directory or the input file `source`; for audio also
+    an unknown suffix or a subtype its container cannot hold."""
     path = Path(path)
     if path.is_dir():
         raise NdvqError(f"{path}: is a directory (give an output file name)")
+    if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+        raise NdvqError(f"{path}: is the input file; write the output elsewhere")
     if audio:
         _subtype(path, subtype)
 

@@ -89,6 +89,8 @@ def _compress_one(
     codec: Codec, bandwidth: float, progress: bool, entropy: bool | None, rate_weight: float | None
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
+        if target.suffix.lower() in AUDIO_SUFFIXES:
+            raise NdvqError(f"{target}: compress writes an .ndvq file, not {target.suffix} audio (roundtrip decodes)")
         start = time.perf_counter()
         data = compress_file(codec, source, target, bandwidth, progress, entropy, rate_weight)
         return _summary(source, target, data, time.perf_counter() - start)
@@ -117,7 +119,7 @@ def _roundtrip_one(
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
         chosen = subtype or subtype_like(source, target)
-        check_output(target, audio=True, subtype=chosen)
+        check_output(target, audio=True, subtype=chosen, source=source)
         data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
         decode_to_file(codec, data, target, str(source), progress=progress, subtype=chosen)
         return _summary(source, target, data, time.perf_counter() - start)
@@ -193,6 +195,17 @@ def _kbps(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ndvq", description="NDVQ neural speech codec.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -256,12 +269,12 @@ def _parser() -> argparse.ArgumentParser:
         f"(default {tokens.DEFAULT_BATCH_SECONDS:g}); "
         "files are still encoded one at a time, so codes do not depend on it",
     )
-    tokenize.add_argument("--workers", type=int, default=1, help="worker processes, sharing the threads (default 1)")
+    tokenize.add_argument("--workers", type=_count, default=1, help="worker processes, sharing the threads (default 1)")
     fit = commands.add_parser("fit-entropy", help="Fit a model's entropy tables.", description=_FIT_ENTROPY_HELP)
     fit.add_argument("model", help="model directory (or preset, with --out)")
     fit.add_argument("source", type=Path, help="training audio: a folder (recursively) or a manifest (.tsv)")
     fit.add_argument("--out", type=Path, help="model directory to write (default: MODEL itself)")
-    fit.add_argument("--limit", type=int, help="only N files, taken at equal steps through the list")
+    fit.add_argument("--limit", type=_count, help="only N files, taken at equal steps through the list")
     fit.add_argument(
         "--rate-weight",
         type=float,
@@ -294,8 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--codec2", nargs="*", default=[], metavar="MODE", help="Codec2 modes, e.g. 3200 700C")
     evaluate.add_argument("--metrics", nargs="+", default=None, help="subset of metrics (default: all)")
-    evaluate.add_argument("--limit", type=int, help="only the first N reference files")
-    evaluate.add_argument("--workers", type=int, default=1, help="worker processes")
+    evaluate.add_argument("--limit", type=_count, help="only the first N reference files")
+    evaluate.add_argument("--workers", type=_count, default=1, help="worker processes")
     evaluate.add_argument("--usage", action="store_true", help="codebook usage per stage instead")
     evaluate.add_argument("--robustness", action="store_true", help="code robustness to noise instead")
     report = commands.add_parser(
@@ -357,7 +370,7 @@ def _model_specs(items: list[str]) -> list[tuple[str, str]]:
     return specs
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, progress: bool) -> int:
     from ndvq.eval import compare
 
     files = compare.reference_files(args.references, args.limit)
@@ -386,7 +399,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not specs:
         raise NdvqError("nothing to evaluate: give --model, --opus or --codec2")
     metrics = tuple(args.metrics) if args.metrics else tuple(compare.METRICS)
-    rows = compare.evaluate(specs, files, args.out, metrics, args.workers)
+    rows = compare.evaluate(specs, files, args.out, metrics, args.workers, progress=progress)
     print(compare.write_results(args.out, rows, metrics))
     print(f"results: {args.out}/summary.md, summary.csv, summary.json, per_utterance.csv")
     return 0
@@ -396,8 +409,6 @@ def _tokenize(args: argparse.Namespace, progress: bool) -> int:
     """ndvq tokenize; under torchrun (WORLD_SIZE > 1) one rank of a gloo group, the codec on the CPU."""
     if not args.source.exists():
         raise NdvqError(f"{args.source}: no such file or directory")
-    if args.workers < 1:
-        raise NdvqError(f"--workers must be at least 1, got {args.workers}")
     codec = _load_model(args.model)
     codec.stages(args.bandwidth)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -431,8 +442,6 @@ def _fit_entropy(args: argparse.Namespace, progress: bool) -> int:
 
     if not Path(args.model).is_dir() and args.out is None:
         raise NdvqError(f"{args.model}: not a model directory; give --out to write the model with its tables")
-    if args.limit is not None and args.limit < 1:
-        raise NdvqError(f"--limit must be at least 1, got {args.limit}")
     out = args.out or Path(args.model)
     existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
     if not existing.is_dir():  # refused before the fitting, not after
@@ -465,7 +474,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="ndvq: %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
+    # Our messages from INFO up; other libraries' (matplotlib, ...) only from WARNING.
+    logging.basicConfig(format="ndvq: %(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
+    logging.getLogger("ndvq").setLevel(logging.INFO)
     args = _parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("NDVQ_THREADS", torch.get_num_threads())))
     progress = sys.stderr.isatty()
@@ -496,7 +507,7 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     if args.command in ("train", "export"):
         return _train(args)
     if args.command == "eval":
-        return _evaluate(args)
+        return _evaluate(args, progress)
     if args.command == "report":
         from ndvq.eval.report import write_report
 

@@ -199,7 +199,7 @@ def compress_file(
     rate_weight: float | None = None,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
-    check_output(target)
+    check_output(target, source=source)
     data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
     write_bytes(target, data)
     return data
@@ -281,4 +281,5 @@ def decompress_file(
     subtype: str | None = None,
 ) -> bitstream.Header:
     """Decompress a .ndvq file into an audio file (see decode_to_file). Returns its header."""
+    check_output(target, source=source)
     return decode_to_file(codec, read_bytes(source), target, str(source), progress, subtype)

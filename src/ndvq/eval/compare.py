@@ -116,8 +116,10 @@ def evaluate(
     metrics: tuple[str, ...] = tuple(METRICS),
     workers: int = 1,
     examples: int = 3,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Score every (codec, bitrate, file); returns the per-utterance rows (cached ones included)."""
+    """Score every (codec, bitrate, file); returns the per-utterance rows (cached ones included). `progress`:
+    a progress bar on stderr."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise NdvqError(f"unknown metrics {unknown} (metrics: {', '.join(METRICS)})")
@@ -150,7 +152,7 @@ def evaluate(
                 if index < examples:
                     example = str(example_path(out_dir, spec.label, bitrate, path))
                 jobs.append((spec.label, bitrate, str(path), str(cache), metrics, example))
-    bar = tqdm(total=len(jobs), unit="item", desc="eval", disable=not jobs)
+    bar = tqdm(total=len(jobs), unit="item", desc="eval", disable=not (jobs and progress))
     if workers <= 1:
         _worker_init(specs)
         for job in jobs:

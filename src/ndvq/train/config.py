@@ -116,6 +116,28 @@ class TrainConfig:
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise NdvqError(f"{name}: must be at least 1")
+        for name, value, valid, rule in (
+            ("optim.lr", self.optim.lr, self.optim.lr > 0, "positive"),
+            ("optim.eps", self.optim.eps, self.optim.eps > 0, "positive"),
+            ("optim.betas", list(self.optim.betas), all(0 <= b < 1 for b in self.optim.betas), "in [0, 1)"),
+            ("optim.weight_decay", self.optim.weight_decay, self.optim.weight_decay >= 0, "at least 0"),
+            ("optim.warmup_steps", self.optim.warmup_steps, self.optim.warmup_steps >= 0, "at least 0"),
+            ("optim.grad_clip", self.optim.grad_clip, self.optim.grad_clip > 0, "positive"),
+            ("data.segment_seconds", self.data.segment_seconds, self.data.segment_seconds > 0, "positive"),
+            ("data.batch_size", self.data.batch_size, self.data.batch_size >= 1, "at least 1"),
+            ("data.num_workers", self.data.num_workers, self.data.num_workers >= 0, "at least 0"),
+            ("data.valid_items", self.data.valid_items, self.data.valid_items >= 1, "at least 1"),
+            ("discriminator.filters", self.discriminator.filters, self.discriminator.filters >= 1, "at least 1"),
+            ("discriminator.every", self.discriminator.every, self.discriminator.every >= 1, "at least 1"),
+            (
+                "discriminator.scales",
+                list(self.discriminator.scales),
+                min(self.discriminator.scales, default=0) >= 4,
+                "non-empty, each at least 4",
+            ),
+        ):
+            if not valid:
+                raise NdvqError(f"{name}: must be {rule}, got {value}")
         if not 0 <= self.cooldown_steps <= self.steps:
             raise NdvqError(f"cooldown_steps: must be between 0 and steps ({self.steps}), got {self.cooldown_steps}")
         codec = self.codec_config()
@@ -138,6 +160,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise NdvqError(f"{key}: expected a list")
+        if kind.__args__[-1] is not Ellipsis and len(value) != len(kind.__args__):
+            raise NdvqError(f"{key}: expected a list of {len(kind.__args__)} values, got {len(value)}")
         return tuple(_coerce(v, kind.__args__[0], key) for v in value)
     if origin is dict:
         if not isinstance(value, dict):

@@ -58,7 +58,9 @@ class AudioDataset(torch.utils.data.Dataset):
         if source.is_dir():
             files, self.skipped = _scan(source)
         elif source.is_file():
-            files, self.skipped = read_manifest(source), []
+            listed = read_manifest(source)
+            files = [(path, seconds) for path, seconds in listed if path.is_file()]
+            self.skipped = [(str(path), "no such file") for path, _ in listed if not path.is_file()]
         else:
             raise NdvqError(f"{source}: no such folder or manifest")
         for path, reason in self.skipped:
