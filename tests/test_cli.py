@@ -241,6 +241,17 @@ def test_report_refuses_a_summary_that_is_not_one(tmp_path, capsys) -> None:
     assert code == 1
     assert_one_error_line(err, f"ndvq: error: {tmp_path / 'summary.json'}", "not an `ndvq eval` summary")
     assert files(tmp_path) == ["summary.json"]
+    code, _, err = run(capsys, "report", tmp_path / "summary.json")
+    assert code == 1
+    assert_one_error_line(err, f"ndvq: error: {tmp_path / 'summary.json'}: ", "not a directory")
+
+
+def test_eval_model_argument_needs_a_label_and_a_model(tmp_path, capsys, clip) -> None:
+    for item in ("ndvq=", "=tiny"):
+        code, _, err = run(capsys, "eval", clip, "--out", tmp_path / "out", "--model", item)
+        assert code == 1
+        assert_one_error_line(err, f"ndvq: error: --model {item}: ", "expected LABEL=MODEL")
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_folder_under_a_file_is_one_line(tmp_path, capsys, clip) -> None:

@@ -169,6 +169,14 @@ def test_load_random_access_equals_iteration(tmp_path, corpus, tiny) -> None:
         loaded["nope.wav"]
     with pytest.raises(NdvqError, match="no token shards"):
         tokens.load(tmp_path)
+    shard = out / "shard-00000.json"
+    document = json.loads(shard.read_text())
+    for damaged in ({**document, "model": None}, {k: v for k, v in document.items() if k != "items"}):
+        shard.write_text(json.dumps(damaged))
+        with pytest.raises(NdvqError, match=f"{shard}: damaged tokens shard"):
+            tokens.load(out)  # and a re-run of tokenize over it says the same
+        with pytest.raises(NdvqError, match=f"{shard}: damaged tokens shard"):
+            tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=1.0)
 
 
 def test_cli(tmp_path, corpus, capsys) -> None:

@@ -143,6 +143,9 @@ def test_resume_continues_exactly(tmp_path, corpus) -> None:
 
 
 def test_run_dir_and_resume_are_checked(tmp_path, corpus) -> None:
+    (tmp_path / "afile").write_text("notes")
+    with pytest.raises(NdvqError, match="afile: is a file, not a run directory"):
+        Trainer(tiny_config(corpus), tmp_path / "afile")
     with pytest.raises(NdvqError, match="no checkpoint to resume from"):
         Trainer(tiny_config(corpus), tmp_path / "run", resume=True)
     Trainer(tiny_config(corpus, "steps=4"), tmp_path / "run").fit()

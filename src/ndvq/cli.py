@@ -366,6 +366,8 @@ def _model_specs(items: list[str]) -> list[tuple[str, str]]:
     specs = []
     for item in items:
         label, sep, model = item.partition("=")
+        if sep and not (label and model):
+            raise NdvqError(f"--model {item}: expected LABEL=MODEL or MODEL (a directory, shipped model or preset)")
         specs.append((label, model) if sep else (Path(item).name or item, item))
     return specs
 

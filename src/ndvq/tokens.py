@@ -132,13 +132,31 @@ def _stem(out_dir: Path, k: int) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A shard's document, checked; NdvqError naming the file otherwise."""
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise NdvqError(f"{path}: cannot read ({error})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise NdvqError(f"{path}: not an ndvq tokens file")
+    if not _is_shard(document):
+        raise NdvqError(f"{path}: damaged tokens shard (fields missing or of the wrong type); run ndvq tokenize again")
     return document
+
+
+def _is_shard(document: dict[str, Any]) -> bool:
+    """Whether a shard document has the fields (and types) that readers use."""
+    fields = {"shard": int, "model": str, "bandwidth": (int, float), "stages": int, "items": list, "failures": list}
+    item_fields = {"path": str, "offset": int, "channels": int, "stages": int, "frames": int}
+
+    def typed(entry: Any, types: dict[str, Any]) -> bool:
+        return isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in types.items())
+
+    return (
+        typed(document, fields)
+        and all(typed(item, item_fields) for item in document["items"])
+        and all(typed(failure, {"path": str, "reason": str}) for failure in document["failures"])
+    )
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -43,7 +43,8 @@ def write_report(results_dir: Path, out: Path | None = None, examples_per_bitrat
     """Write RESULTS_DIR/report.html (or `out`) atomically; returns the path written."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise NdvqError(f"{results_dir}: no such directory")
+        what = "not a directory" if results_dir.exists() else "no such directory"
+        raise NdvqError(f"{results_dir}: {what} (give the --out directory of ndvq eval)")
     document = _read_json(results_dir / "summary.json", required=True)
     if not isinstance(document, dict) or not isinstance(document.get("summary"), list):
         raise NdvqError(f"{results_dir / 'summary.json'}: not an `ndvq eval` summary (no 'summary' list)")

@@ -146,6 +146,8 @@ class Trainer:
 
     # --- set-up ------------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise NdvqError(f"{self.run_dir}: is a file, not a run directory")
         exists = latest_checkpoint(self.run_dir) is not None
         if exists and not resume:
             raise NdvqError(
