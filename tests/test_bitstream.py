@@ -53,8 +53,14 @@ def test_every_single_bit_flip_is_detected(small_file: bytes) -> None:
 
 @pytest.mark.parametrize("cut", [1, 4, 10, 60])
 def test_truncated_file_is_rejected(small_file: bytes, cut: int) -> None:
-    with pytest.raises(NdvqError, match="truncated or corrupted|not an .ndvq file"):
+    with pytest.raises(NdvqError, match="x.ndvq: truncated"):
         bitstream.read(small_file[:-cut], "x.ndvq")
+
+
+@pytest.mark.parametrize("keep", [2, 10, 20])
+def test_file_cut_inside_its_header_says_truncated(small_file: bytes, keep: int) -> None:
+    with pytest.raises(NdvqError, match="x.ndvq: truncated .ndvq file"):
+        bitstream.read(small_file[:keep], "x.ndvq")
 
 
 @pytest.mark.parametrize(

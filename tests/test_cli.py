@@ -104,6 +104,17 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
         path = tmp_path / "bad.aiff"
         sf.write(path, tone.T, 16000)
         path.write_bytes(path.read_bytes()[:5000])
+    elif kind in ("truncated_ogg", "truncated_opus", "truncated_mp3"):  # lossy files decode short, not fail
+        path = tmp_path / f"bad.{kind.removeprefix('truncated_')}"
+        opus = {"format": "OGG", "subtype": "OPUS"} if kind == "truncated_opus" else {}
+        sf.write(path, np.tile(tone, 8).T, 16000, **opus)  # 8 s: several Ogg pages, so that the cut is not in the first
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    elif kind == "damaged_mp3":  # libmpg123 gives up resyncing, and says so on stderr by itself
+        path = tmp_path / "bad.mp3"
+        sf.write(path, tone.T, 16000)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 3 : 2 * len(data) // 3] = bytes(len(data) // 3)
+        path.write_bytes(bytes(data))
     elif kind == "missing":
         path = tmp_path / "missing.wav"
     return path
@@ -118,6 +129,10 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
         ("truncated_flac", "cannot decode audio"),
         ("header_only_flac", "cannot decode audio"),
         ("truncated_aiff", "truncated file"),
+        ("truncated_ogg", "truncated file"),
+        ("truncated_opus", "truncated file"),
+        ("truncated_mp3", "damaged or truncated audio"),
+        ("damaged_mp3", "damaged or truncated audio"),
         ("zero_length", "no audio samples"),
         ("nan", "NaN or infinite"),
         ("inf", "NaN or infinite"),
@@ -125,14 +140,26 @@ def _bad_audio(tmp_path: Path, kind: str) -> Path:
     ],
 )
 @pytest.mark.parametrize("command", ["compress", "roundtrip"])
-def test_bad_audio_input(tmp_path, capsys, command: str, kind: str, message: str) -> None:
+def test_bad_audio_input(tmp_path, capfd, command: str, kind: str, message: str) -> None:
     source = _bad_audio(tmp_path, kind)
     before = files(tmp_path)
     target = tmp_path / ("out.ndvq" if command == "compress" else "out.wav")
-    code, out, err = run(capsys, command, source, target, "--model", "tiny", "-b", "2")
+    code, out, err = run(capfd, command, source, target, "--model", "tiny", "-b", "2")
     assert code == 1
     assert_one_error_line(err, f"ndvq: error: {source}: ", message)
+    assert all(line.startswith("ndvq: ") for line in err.splitlines()), err
     assert files(tmp_path) == before  # no output and no temporary file left behind
+
+
+@pytest.mark.parametrize("suffix, subtype", [(".ogg", "VORBIS"), (".opus", "OPUS"), (".mp3", "MPEG_LAYER_III")])
+def test_lossy_input_decodes_whole_to_16_bit_wav(tmp_path, capfd, suffix: str, subtype: str) -> None:
+    source = tmp_path / f"tone{suffix}"
+    tone = 0.1 * np.sin(np.arange(8 * 16000) / 5)
+    sf.write(source, tone, 16000, format="MP3" if suffix == ".mp3" else "OGG", subtype=subtype)
+    code, _, err = run(capfd, "roundtrip", source, tmp_path / "out.wav", "--model", "tiny", "-b", "2")
+    assert code == 0, err
+    out = sf.info(tmp_path / "out.wav")
+    assert (out.subtype, out.frames) == ("PCM_16", sf.info(source).frames)
 
 
 def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, clip) -> None:

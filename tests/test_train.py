@@ -285,6 +285,17 @@ def test_train_command_reports_config_errors(tmp_path, capsys) -> None:
     assert code == 1 and capsys.readouterr().err.strip() == "ndvq: error: steps: expected int, got 'x'"
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [("colour: red\n", "unknown config key colour"), ("optim:\n  lr: fast\n", "optim.lr: expected float")],
+)
+def test_config_file_errors_name_the_file(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(NdvqError, match=f"^{path}: {message}"):
+        load_config(path, ["steps=3"])
+
+
 def _two_rank_worker(rank: int, init_file: str, corpus: str, run_dir: str, result: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.set_num_threads(1)

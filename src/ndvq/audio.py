@@ -17,6 +17,7 @@ from ndvq.errors import NdvqError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 _HIGH_RESOLUTION = ("PCM_24", "PCM_32", "FLOAT", "DOUBLE")  # sample formats above 16 bits
+_LOSSLESS = ("PCM_S8", "PCM_U8", "PCM_16", *_HIGH_RESOLUTION)  # those a decoded file can carry over
 T = TypeVar("T")
 
 
@@ -32,13 +33,16 @@ def open_audio(path: str | os.PathLike) -> Iterator[sf.SoundFile]:
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # libsndfile would say "System error"
         raise NdvqError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
     try:
-        audio = sf.SoundFile(path)
+        with _quiet_stderr(Path(str(path)).suffix.lower() == ".mp3"):
+            audio = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         detail = str(error).split("\n")[0].removeprefix(f"Error opening {str(path)!r}: ")
         raise NdvqError(f"{path}: cannot decode audio ({detail})") from None
     except OSError as error:
         raise NdvqError(f"{path}: {error.strerror or error}") from None
     with audio:
+        if audio.format == "OGG" and not _ogg_ends(Path(path)):
+            raise NdvqError(f"{path}: truncated file (its last Ogg page is cut off or does not end the stream)")
         short = _SHORT_CHUNK.search(audio.extra_info)
         if short and int(short[1]) not in _UNKNOWN_SIZES and int(short[2]) < int(short[1]):
             raise NdvqError(f"{path}: truncated file ({short[2]} of {short[1]} bytes of audio data)")
@@ -64,24 +68,68 @@ def audio_blocks(audio: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
 
     def decode(step: Callable[[], T]) -> T:
         try:
-            return step()
+            with _quiet_stderr(audio.format == "MP3"):
+                return step()
         except (sf.LibsndfileError, RuntimeError) as error:
             raise NdvqError(f"{audio.name}: cannot decode audio ({str(error).splitlines()[0]})") from None
 
     decode(lambda: audio.seek(0))  # a file cut short can fail here already
+    decoded = 0
     while True:
         block = decode(lambda: audio.read(frames, dtype="float32", always_2d=True)).T
         if block.shape[1] == 0:
+            # MP3's length is the decoder's estimate (exact with a Xing header); the other formats' is exact.
+            missing = audio.frames - decoded - (audio.frames // 100 if audio.format == "MP3" else 0)
+            if missing > 0:
+                raise NdvqError(
+                    f"{audio.name}: damaged or truncated audio (decoded {decoded} of the {audio.frames} samples "
+                    "its header declares)"
+                )
             return
+        decoded += block.shape[1]
         yield check_audio(block, str(audio.name))
+
+
+@contextmanager
+def _quiet_stderr(quiet: bool) -> Iterator[None]:
+    """Silence file descriptor 2 while `quiet`: libmpg123 prints its decoding complaints there itself."""
+    if not quiet:
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _ogg_ends(path: Path) -> bool:
+    """Whether an Ogg file's last page is whole and flagged end-of-stream (a cut file's is not)."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        file.seek(max(0, size - 65_536 - 282))  # a page: 27 bytes + up to 255 lacing values + 65,025 of data
+        tail = file.read()
+    start = tail.rfind(b"OggS")
+    while start >= 0:
+        if start + 27 <= len(tail) and tail[start + 4] == 0:  # stream structure version 0
+            segments = tail[start + 26]
+            lacing = tail[start + 27 : start + 27 + segments]
+            end = start + 27 + segments + sum(lacing)
+            return len(lacing) == segments and end <= len(tail) and bool(tail[start + 5] & 0x04)
+        start = tail.rfind(b"OggS", 0, start)
+    return False
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode a whole file: (wav [C, T] float32, sample rate). See open_audio for what is rejected."""
     with open_audio(path) as audio:
-        for wav in audio_blocks(audio, -1):  # one block: the whole file
-            return wav, audio.samplerate
-    raise NdvqError(f"{path}: no audio samples (empty or truncated file)")
+        blocks = list(audio_blocks(audio, -1))  # one block: the whole file
+    if not blocks:
+        raise NdvqError(f"{path}: no audio samples (empty or truncated file)")
+    return blocks[0], audio.samplerate
 
 
 def check_audio(wav: np.ndarray, name: str) -> np.ndarray:
@@ -169,14 +217,15 @@ def subtype_like(source: str | os.PathLike, target: str | os.PathLike) -> str | 
     """The sample format of audio file `source` if `target`'s container holds it (24-bit or more becomes
     PCM_24 where that is the best it holds); None (the container's default) otherwise or if unreadable."""
     try:
-        subtype = sf.info(str(source)).subtype
+        with _quiet_stderr(Path(source).suffix.lower() == ".mp3"):
+            subtype = sf.info(str(source)).subtype
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
         return None
     try:
         container = _format(Path(target))
     except NdvqError:
         return None  # check_output says what is wrong with the target
-    if sf.check_format(container, subtype):
+    if subtype in _LOSSLESS and sf.check_format(container, subtype):
         return subtype
     if subtype in _HIGH_RESOLUTION and sf.check_format(container, "PCM_24"):
         return "PCM_24"

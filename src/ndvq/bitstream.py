@@ -211,8 +211,10 @@ def read_header(data: bytes, name: str = "input") -> Header:
 
     Raises NdvqError naming `name` for anything but a file `write` could have made (see `check`).
     """
-    if len(data) < _FIELDS.size + _CRC.size or data[:4] != MAGIC:
+    if data[:4] != MAGIC[: len(data)] or not data:
         raise NdvqError(f"{name}: not an .ndvq file")
+    if len(data) < _FIELDS.size + _CRC.size:
+        raise NdvqError(f"{name}: truncated .ndvq file ({len(data)} bytes, shorter than any header)")
     (_, version, *values) = _FIELDS.unpack_from(data)
     if version not in (VERSION, ENTROPY_VERSION):
         raise NdvqError(

@@ -208,6 +208,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
             raise NdvqError(f"{path}: cannot read config ({str(error).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise NdvqError(f"{path}: the config must be a mapping")
+        try:  # the file's own keys and types first, so that their errors name the file
+            _build(TrainConfig, values)
+        except NdvqError as error:
+            raise NdvqError(f"{path}: {error}") from None
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key:
