@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from ndvq import NdvqError
-from ndvq.audio import audio_files, audio_seconds, mono_at
+from ndvq.audio import audio_files, audio_seconds, mono_at, read_audio
 from ndvq.eval.compare import reference_files
 from ndvq.eval.systems import Codec2System
 from ndvq.manifest import write_manifest
@@ -62,3 +62,31 @@ def test_unknown_codec2_mode_is_named() -> None:
     assert system.kbps("3200") == 3.2
     with pytest.raises(NdvqError, match="codec2: unknown mode 9999"):
         system.kbps("9999")
+
+
+def _ogg_crc(page: bytes) -> int:
+    """The Ogg page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def test_an_ogg_without_end_of_stream_flag_decodes_whole(tmp_path: Path) -> None:
+    """Some encoders never flag the last page end-of-stream (the klettres-data clips of the demo corpus): the
+    file is whole, not truncated."""
+    path = tmp_path / "no-eos.ogg"
+    tone = 0.3 * np.sin(np.arange(32000) * 2 * np.pi * 440 / 16000).astype(np.float32)
+    sf.write(path, tone, 16000)
+    data = bytearray(path.read_bytes())
+    last = data.rfind(b"OggS")
+    assert data[last + 5] & 0x04  # libsndfile sets the flag; clear it and reseal the page
+    data[last + 5] &= ~0x04
+    data[last + 22 : last + 26] = bytes(4)
+    data[last + 22 : last + 26] = _ogg_crc(bytes(data[last:])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert audio_seconds(path) == pytest.approx(2.0)
+    wav, rate = read_audio(path)
+    assert rate == 16000 and wav.shape == (1, 32000)

@@ -41,8 +41,8 @@ def open_audio(path: str | os.PathLike) -> Iterator[sf.SoundFile]:
     except OSError as error:
         raise NdvqError(f"{path}: {error.strerror or error}") from None
     with audio:
-        if audio.format == "OGG" and not _ogg_ends(Path(path)):
-            raise NdvqError(f"{path}: truncated file (its last Ogg page is cut off or does not end the stream)")
+        if audio.format == "OGG" and not _ogg_last_page_whole(Path(path)):
+            raise NdvqError(f"{path}: truncated file (its last Ogg page is cut off)")
         short = _SHORT_CHUNK.search(audio.extra_info)
         if short and int(short[1]) not in _UNKNOWN_SIZES and int(short[2]) < int(short[1]):
             raise NdvqError(f"{path}: truncated file ({short[2]} of {short[1]} bytes of audio data)")
@@ -106,19 +106,22 @@ def _quiet_stderr(quiet: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def _ogg_ends(path: Path) -> bool:
-    """Whether an Ogg file's last page is whole and flagged end-of-stream (a cut file's is not)."""
+def _ogg_last_page_whole(path: Path) -> bool:
+    """Whether an Ogg file's last page holds all the bytes its header declares (a file cut inside a page does
+    not). The end-of-stream flag is not required: some encoders never set it (klettres-data's Vorbis files), so
+    a file cut exactly between two pages cannot be told from a whole one; it decodes to its whole pages."""
     size = path.stat().st_size
     with path.open("rb") as file:
         file.seek(max(0, size - 65_536 - 282))  # a page: 27 bytes + up to 255 lacing values + 65,025 of data
         tail = file.read()
     start = tail.rfind(b"OggS")
     while start >= 0:
-        if start + 27 <= len(tail) and tail[start + 4] == 0:  # stream structure version 0
+        if start + 27 > len(tail):  # a page header cut off
+            return False
+        if tail[start + 4] == 0:  # stream structure version 0 (else "OggS" inside a packet's data)
             segments = tail[start + 26]
             lacing = tail[start + 27 : start + 27 + segments]
-            end = start + 27 + segments + sum(lacing)
-            return len(lacing) == segments and end <= len(tail) and bool(tail[start + 5] & 0x04)
+            return len(lacing) == segments and start + 27 + segments + sum(lacing) <= len(tail)
         start = tail.rfind(b"OggS", 0, start)
     return False
 
