@@ -162,6 +162,24 @@ def test_lossy_input_decodes_whole_to_16_bit_wav(tmp_path, capfd, suffix: str, s
     assert (out.subtype, out.frames) == ("PCM_16", sf.info(source).frames)
 
 
+def test_a_variable_bitrate_mp3_without_xing_header_decodes_whole(tmp_path, capfd) -> None:
+    """Without a Xing header an MP3's length is a guess from its first frame's bitrate: a variable-bitrate file
+    decodes far fewer samples than that and is still whole, not truncated."""
+    rng = np.random.default_rng(0)
+    signal = np.concatenate([np.zeros(32000), 0.3 * rng.standard_normal(32000), 0.3 * np.sin(np.arange(32000) / 5)])
+    source = tmp_path / "vbr.mp3"
+    sf.write(source, signal.astype(np.float32), 16000, format="MP3", bitrate_mode="VARIABLE")
+    data = source.read_bytes()
+    assert data[:2] == b"\xff\xf3" and b"Xing" in data[:64]  # MPEG-2 layer III, the first frame is the header
+    kbps = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)[data[2] >> 4]
+    first_frame = 72_000 * kbps // 16000 + (data[2] >> 1 & 1)
+    source.write_bytes(data[first_frame:])
+    assert sf.info(source).frames > 1.2 * len(signal)  # the guess, far from what decodes
+    code, _, err = run(capfd, "roundtrip", source, tmp_path / "out.wav", "--model", "tiny", "-b", "2")
+    assert code == 0, err
+    assert sf.info(tmp_path / "out.wav").frames == pytest.approx(len(signal), rel=0.02)
+
+
 def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, clip) -> None:
     original = clip.read_bytes()
     (tmp_path / "link.wav").symlink_to(clip)

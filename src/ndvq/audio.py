@@ -57,7 +57,8 @@ def audio_files(folder: str | os.PathLike, suffixes: tuple[str, ...] = AUDIO_SUF
 
 
 def audio_seconds(path: str | os.PathLike) -> float:
-    """A file's duration in seconds, from its header; NdvqError naming the file as open_audio's."""
+    """A file's duration in seconds, from its header (an estimate for an MP3 without a Xing, Info or VBRI header);
+    NdvqError naming the file as open_audio's."""
     with open_audio(path) as audio:
         return audio.frames / audio.samplerate
 
@@ -74,12 +75,14 @@ def audio_blocks(audio: sf.SoundFile, frames: int) -> Iterator[np.ndarray]:
             raise NdvqError(f"{audio.name}: cannot decode audio ({str(error).splitlines()[0]})") from None
 
     decode(lambda: audio.seek(0))  # a file cut short can fail here already
+    # The other formats' length is exact; MP3's only with a Xing, Info or VBRI header (then within 1%).
+    mp3 = audio.format == "MP3"
+    declared = 0 if mp3 and not _mp3_declares_length(audio.name) else audio.frames
     decoded = 0
     while True:
         block = decode(lambda: audio.read(frames, dtype="float32", always_2d=True)).T
         if block.shape[1] == 0:
-            # MP3's length is the decoder's estimate (exact with a Xing header); the other formats' is exact.
-            missing = audio.frames - decoded - (audio.frames // 100 if audio.format == "MP3" else 0)
+            missing = declared - decoded - (declared // 100 if mp3 else 0)
             if missing > 0:
                 raise NdvqError(
                     f"{audio.name}: damaged or truncated audio (decoded {decoded} of the {audio.frames} samples "
@@ -104,6 +107,23 @@ def _quiet_stderr(quiet: bool) -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _mp3_declares_length(name: object) -> bool:
+    """Whether the MP3 file `name` starts (after any ID3v2 tag) with a Xing, Info or VBRI header, which states
+    its frame count. Without one libsndfile estimates the length from the first frame's bitrate, and a
+    variable-bitrate file decodes to far fewer (or more) samples than that estimate: no check is possible."""
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    with open(name, "rb") as file:
+        head = file.read(10)
+        if head[:3] == b"ID3" and len(head) == 10:  # ID3v2: a 28-bit "syncsafe" size, plus a footer if flagged
+            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+            file.seek(10 + size + (10 if head[5] & 0x10 else 0))
+        else:
+            file.seek(0)
+        first = file.read(4096)  # the first frame (at most 2,881 bytes) and any junk before it
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _ogg_last_page_whole(path: Path) -> bool:
