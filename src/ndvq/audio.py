@@ -122,7 +122,7 @@ def _mp3_declares_length(name: object) -> bool:
             file.seek(10 + size + (10 if head[5] & 0x10 else 0))
         else:
             file.seek(0)
-        first = file.read(4096)  # the first frame (at most 2,881 bytes) and any junk before it
+        first = file.read(4096)  # the first frame (a layer III frame is at most 1,441 bytes) and any junk before it
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
