@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# The speech-16k recipe's three stages by steps (docs/ndvq-that-learns.md), resumable:
+# The speech-16k recipe's five stages by steps (docs/ndvq-that-learns.md), resumable:
 #
 #   scripts/recipe.sh RUN_ROOT [key=value ...]
 #
 # Stage A trains the istft preset from scratch at its constant learning rate (20,000 steps); stage B starts from
 # A's export at lr 3e-4, commitment 0.1, no waveform loss (17,000 steps, the last 7/17 cooling to zero); stage C
-# starts from B's with the STOI loss 0.05 and speed perturbation 0.1 (4,000 steps, the last half cooling).
-# RECIPE_STEPS="A B C" sets other step counts (the cool-downs keep their fractions). The overrides apply to
-# every stage (data.train=..., quantizer=rvq, ...), after stage A's keys and before those of stages B and C.
-# Run the same command again after a crash or a reboot: a stage with an export is skipped, one with a
-# checkpoint resumes from it. Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log),
-# RUN_ROOT/export-{a,b,c} (models) and RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
+# starts from B's with the STOI loss 0.05 and speed perturbation 0.1 (4,000 steps, the last half cooling);
+# stages D (12,000 steps) and E (10,000) each start from the last one's export with C's keys and the PESQ-like
+# loss at weight 1, the last half of each cooling. RECIPE_STEPS="A B C D E" sets other step counts (the
+# cool-downs keep their fractions). The overrides apply to every stage (data.train=..., quantizer=rvq, ...),
+# after stage A's keys and before those of the later stages. Run the same command again after a crash or a
+# reboot: a stage with an export, or with a later stage's export, is skipped; one with a checkpoint resumes from
+# it. An export put there by hand (export-c linked to a trained model) starts the recipe after that stage. Writes RUN_ROOT/{a,b,c,d,e} (runs, with their
+# logs a.log ... e.log), RUN_ROOT/export-{a,b,c,d,e} (models) and RUN_ROOT/recipe.log. The command is $NDVQ
+# (default: ndvq).
 set -euo pipefail
-read -r steps_a steps_b steps_c extra <<<"${RECIPE_STEPS:-20000 17000 4000}"
+read -r steps_a steps_b steps_c steps_d steps_e extra <<<"${RECIPE_STEPS:-20000 17000 4000 12000 10000}"
 count='[1-9][0-9]*'
-if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ "$steps_a $steps_b $steps_c" =~ ^$count\ $count\ $count$ ]]; then
-    echo "usage: [RECIPE_STEPS=\"A B C\"] $0 RUN_ROOT [key=value ...]" \
-        "(A, B, C: whole numbers of steps, at least 1)" >&2
+steps="$steps_a $steps_b $steps_c ${steps_d:-} ${steps_e:-}"
+if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ $steps =~ ^($count\ ){4}$count$ ]]; then
+    echo "usage: [RECIPE_STEPS=\"A B C D E\"] $0 RUN_ROOT [key=value ...]" \
+        "(A to E: whole numbers of steps, at least 1)" >&2
     exit 2
 fi
 root=$1
@@ -32,10 +36,14 @@ say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
 stage() {
     local name=$1 steps=$2 cooldown=$3
     shift 3
-    if [ -f "$root/export-$name/config.json" ]; then  # written last: a model directory is whole
-        say "stage $name: exported already ($root/export-$name)"
-        return
-    fi
+    local later_name
+    for later_name in a b c d e; do
+        [[ $later_name < $name ]] && continue
+        if [ -f "$root/export-$later_name/config.json" ]; then  # written last: a model directory is whole
+            say "stage $name: exported already ($root/export-$later_name)"
+            return
+        fi
+    done
     local resume=()
     [ -f "$root/$name/checkpoints/latest" ] && resume=(--resume)
     say "stage $name: $steps steps${resume:+ (resuming)}"
@@ -49,3 +57,5 @@ stage() {
 stage a "$steps_a" 0
 stage b "$steps_b" "$((steps_b * 7 / 17))" init_from="$root/export-a" "${later[@]}"
 stage c "$steps_c" "$((steps_c / 2))" init_from="$root/export-b" "${later[@]}" loss.stoi=0.05 data.speed=0.1
+stage d "$steps_d" "$((steps_d / 2))" init_from="$root/export-c" "${later[@]}" loss.stoi=0.05 data.speed=0.1 loss.pesq=1
+stage e "$steps_e" "$((steps_e / 2))" init_from="$root/export-d" "${later[@]}" loss.stoi=0.05 data.speed=0.1 loss.pesq=1

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The speech-16k recipe's three stages (docs/ndvq-that-learns.md) in a wall-clock budget, for a GPU machine:
+# The speech-16k recipe's five stages (docs/ndvq-that-learns.md) in a wall-clock budget, for a GPU machine:
 #
 #   scripts/timed_recipe.sh RUN_ROOT SECONDS [key=value ...]
 #
-# Stage A (half the time) trains the istft preset at its constant learning rate until its time is up; its
-# speed then sets the step counts of stage B (34%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17
-# cooling to zero) and stage C (9%: STOI loss 0.05, speed perturbation 0.1, the last half cooling), which
-# scripts/recipe.sh then runs; the rest is start-up and exports. The overrides apply to every stage
-# (data.train=..., quantizer=rvq, data.batch_size=32, ...), after stage A's keys and before those of B and C.
-# Writes RUN_ROOT/{a,b,c} (runs, with their logs a.log, b.log, c.log), RUN_ROOT/export-{a,b,c} (models) and
-# RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
+# Stage A (30% of the time) trains the istft preset at its constant learning rate until its time is up; its
+# speed then sets the step counts of the stages that scripts/recipe.sh runs after it, in the step recipe's
+# proportions: B (26%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17 cooling to zero), C (6%: STOI
+# loss 0.05, speed perturbation 0.1, the last half cooling), D (17%) and E (14%: C's keys and the PESQ-like
+# loss, the last half of each cooling); the rest is start-up, exports and the PESQ-like loss's cost. The
+# overrides apply to every stage (data.train=..., quantizer=rvq, data.batch_size=32, ...), after stage A's keys
+# and before those of the later stages. Writes RUN_ROOT/{a,b,c,d,e} (runs, with their logs a.log ... e.log),
+# RUN_ROOT/export-{a,b,c,d,e} (models) and RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
 if [ $# -lt 2 ] || ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 2 ]; then
     echo "usage: $0 RUN_ROOT SECONDS [key=value ...] (SECONDS: a whole number, at least 2)" >&2
@@ -25,28 +26,34 @@ mkdir -p "$root"
 start=$(date +%s)
 say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
 
-say "stage a: $((seconds / 2)) s at the preset's learning rate ($*)"
+seconds_a=$((seconds * 30 / 100))
+say "stage a: $seconds_a s at the preset's learning rate ($*)"
 status=0
-timeout "$((seconds / 2))" "$ndvq" train --config "$config" --run-dir "$root/a" steps=100000000 \
+timeout "$seconds_a" "$ndvq" train --config "$config" --run-dir "$root/a" steps=100000000 \
     checkpoint_every=250 "${common[@]}" >>"$root/a.log" 2>&1 || status=$?
 if [ "$status" -ne 124 ] && [ "$status" -ne 0 ]; then
     say "stage a failed ($status): $(tail -n 1 "$root/a.log")"
     exit 1
 fi
 if [ ! -f "$root/a/checkpoints/latest" ]; then
-    say "stage a: no checkpoint in $((seconds / 2)) s (checkpoint_every=250 unless overridden): give it more time"
+    say "stage a: no checkpoint in $seconds_a s (checkpoint_every=250 unless overridden): give it more time"
     exit 1
 fi
 steps_a=$(sed 's/^step-0*//' "$root/a/checkpoints/latest")
 elapsed=$(($(date +%s) - start))
 "$ndvq" export "$root/a" "$root/export-a" >/dev/null
 # Stage A's steps per second, start-up included, set the later stages' step counts.
-steps_b=$((steps_a * seconds * 34 / 100 / elapsed))
-steps_c=$((steps_a * seconds * 9 / 100 / elapsed))
-steps_b=$((steps_b > 0 ? steps_b : 1))
-steps_c=$((steps_c > 0 ? steps_c : 1))
-say "stage a: $steps_a steps in $elapsed s; stage b: $steps_b steps, stage c: $steps_c steps"
+# steps SHARE: the steps that SHARE percent of the budget buys at stage A's speed (at least 1).
+steps() {
+    local n=$((steps_a * seconds * $1 / 100 / elapsed))
+    echo $((n > 0 ? n : 1))
+}
+steps_b=$(steps 26)
+steps_c=$(steps 6)
+steps_d=$(steps 17)
+steps_e=$(steps 14)
+say "stage a: $steps_a steps in $elapsed s; stages b to e: $steps_b, $steps_c, $steps_d, $steps_e steps"
 
-# Stages B and C as scripts/recipe.sh runs them (stage A is skipped there: its export exists).
-RECIPE_STEPS="$steps_a $steps_b $steps_c" NDVQ="$ndvq" bash "$(dirname "$0")/recipe.sh" "$root" "$@"
-say "stages b and c: done at $(($(date +%s) - start)) s"
+# Stages B to E as scripts/recipe.sh runs them (stage A is skipped there: its export exists).
+RECIPE_STEPS="$steps_a $steps_b $steps_c $steps_d $steps_e" NDVQ="$ndvq" bash "$(dirname "$0")/recipe.sh" "$root" "$@"
+say "stages b to e: done at $(($(date +%s) - start)) s"
