@@ -5,15 +5,15 @@
 #
 # Stage A trains the istft preset from scratch at its constant learning rate (20,000 steps); stage B starts from
 # A's export at lr 3e-4, commitment 0.1, no waveform loss (17,000 steps, the last 7/17 cooling to zero); stage C
-# starts from B's with the STOI loss 0.05 and speed perturbation 0.1 (4,000 steps, the last half cooling);
-# stages D (12,000 steps) and E (10,000) each start from the last one's export with C's keys and the PESQ-like
-# loss at weight 1, the last half of each cooling. RECIPE_STEPS="A B C D E" sets other step counts (the
-# cool-downs keep their fractions). The overrides apply to every stage (data.train=..., quantizer=rvq, ...),
-# after stage A's keys and before those of the later stages. Run the same command again after a crash or a
-# reboot: a stage with an export, or with a later stage's export, is skipped; one with a checkpoint resumes from
-# it. An export put there by hand (export-c linked to a trained model) starts the recipe after that stage. Writes RUN_ROOT/{a,b,c,d,e} (runs, with their
-# logs a.log ... e.log), RUN_ROOT/export-{a,b,c,d,e} (models) and RUN_ROOT/recipe.log. The command is $NDVQ
-# (default: ndvq).
+# starts from B's with the STOI loss 0.05 and speed perturbation 0.1 (4,000 steps, the last half cooling); stages
+# D (12,000 steps) and E (10,000) each start from the last one's export with C's keys and the PESQ-like loss at
+# weight 1, the last half of each cooling. RECIPE_STEPS="A B C D E" sets other step counts (the cool-downs keep
+# their fractions). The overrides apply to every stage (data.train=..., quantizer=rvq, ...), after stage A's keys
+# and before those of the later stages. Run the same command again after a crash or a reboot: a stage with an
+# export, or with a later stage's export, is skipped; one with a checkpoint resumes from it. An export put there
+# by hand (export-c linked to a trained model) starts the recipe after that stage. Writes RUN_ROOT/{a,b,c,d,e}
+# (runs, with their logs a.log ... e.log), RUN_ROOT/export-{a,b,c,d,e} (models) and RUN_ROOT/recipe.log. The
+# command is $NDVQ (default: ndvq).
 set -euo pipefail
 read -r steps_a steps_b steps_c steps_d steps_e extra <<<"${RECIPE_STEPS:-20000 17000 4000 12000 10000}"
 count='[1-9][0-9]*'
@@ -29,6 +29,7 @@ ndvq=${NDVQ:-ndvq}
 config="$(cd "$(dirname "$0")/.." && pwd)/configs/speech-16k-small.yaml"
 common=(model=speech-16k-small-istft "$@")
 later=(optim.lr=3e-4 loss.quantizer=0.1 loss.waveform=0)
+from_c=("${later[@]}" loss.stoi=0.05 data.speed=0.1)  # stage C's keys, which D and E keep
 mkdir -p "$root"
 say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
 
@@ -56,6 +57,6 @@ stage() {
 
 stage a "$steps_a" 0
 stage b "$steps_b" "$((steps_b * 7 / 17))" init_from="$root/export-a" "${later[@]}"
-stage c "$steps_c" "$((steps_c / 2))" init_from="$root/export-b" "${later[@]}" loss.stoi=0.05 data.speed=0.1
-stage d "$steps_d" "$((steps_d / 2))" init_from="$root/export-c" "${later[@]}" loss.stoi=0.05 data.speed=0.1 loss.pesq=1
-stage e "$steps_e" "$((steps_e / 2))" init_from="$root/export-d" "${later[@]}" loss.stoi=0.05 data.speed=0.1 loss.pesq=1
+stage c "$steps_c" "$((steps_c / 2))" init_from="$root/export-b" "${from_c[@]}"
+stage d "$steps_d" "$((steps_d / 2))" init_from="$root/export-c" "${from_c[@]}" loss.pesq=1
+stage e "$steps_e" "$((steps_e / 2))" init_from="$root/export-d" "${from_c[@]}" loss.pesq=1

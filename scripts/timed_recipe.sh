@@ -55,5 +55,6 @@ steps_e=$(steps 14)
 say "stage a: $steps_a steps in $elapsed s; stages b to e: $steps_b, $steps_c, $steps_d, $steps_e steps"
 
 # Stages B to E as scripts/recipe.sh runs them (stage A is skipped there: its export exists).
-RECIPE_STEPS="$steps_a $steps_b $steps_c $steps_d $steps_e" NDVQ="$ndvq" bash "$(dirname "$0")/recipe.sh" "$root" "$@"
+RECIPE_STEPS="$steps_a $steps_b $steps_c $steps_d $steps_e" NDVQ="$ndvq" \
+    bash "$(dirname "$0")/recipe.sh" "$root" "$@"
 say "stages b to e: done at $(($(date +%s) - start)) s"
