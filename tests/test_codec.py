@@ -290,3 +290,9 @@ def test_decoder_choice_is_checked_and_keeps_earlier_fingerprints() -> None:
         CodecConfig(decoder_upsample=2)
     with pytest.raises(ValueError, match="hop \\(320\\) it divides"):
         CodecConfig(sample_rate=16000, decoder="istft", decoder_upsample=3)
+    assert "decoder_layers" not in CodecConfig(decoder="istft").identity_dict()
+    assert CodecConfig(decoder="istft", decoder_layers=12).identity_dict()["decoder_layers"] == 12
+    with pytest.raises(ValueError, match="decoder_layers=12 needs decoder istft"):
+        CodecConfig(decoder_layers=12)
+    with pytest.raises(ValueError, match="decoder_layers must be a positive integer"):
+        CodecConfig(decoder="istft", decoder_layers=0)

@@ -115,6 +115,30 @@ def test_run_writes_checkpoints_metrics_and_exports(tmp_path, corpus, capsys, ca
     assert not (tmp_path / "model-5").exists()
 
 
+def test_warm_start_deepens_an_istft_decoder_as_the_same_function(tmp_path, corpus) -> None:
+    istft = "codec={decoder: istft, decoder_layers: 2}"
+    source = Trainer(tiny_config(corpus, istft), tmp_path / "source").codec.eval()
+    for block in source.decoder.blocks:  # non-zero layer scales: a real function to preserve
+        torch.nn.init.normal_(block.gamma, std=0.5)
+    source.save(tmp_path / "model")
+    deeper = Trainer(
+        tiny_config(corpus, f"init_from={tmp_path / 'model'}", "codec={decoder: istft, decoder_layers: 4}"),
+        tmp_path / "deeper",
+    ).codec.eval()
+    assert len(deeper.decoder.blocks) == 4
+    latent = torch.randn(1, source.config.dimension, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.decoder(latent), source.decoder(latent))
+    assert all(torch.count_nonzero(block.gamma) == 0 for block in deeper.decoder.blocks[2:])
+    # Shallower, or deeper and otherwise different, is another architecture.
+    for overrides in (
+        "codec={decoder: istft, decoder_layers: 1}",
+        "codec={decoder: istft, decoder_layers: 4, n_filters: 8}",
+    ):
+        with pytest.raises(NdvqError, match="architecture differs"):
+            Trainer(tiny_config(corpus, f"init_from={tmp_path / 'model'}", overrides), tmp_path / "other")
+
+
 def test_on_a_terminal_log_lines_print_above_the_progress_bar(tmp_path, corpus, capsys, monkeypatch) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     arguments = [f"data.train={corpus}", f"data.valid={corpus}", "steps=4"]

@@ -40,7 +40,6 @@ SCALE_PIECE = 1 << 16  # samples that signal_scale sums at a time
 # float32 on load; the quantizer's tensors (statistics of the codes) always stay float32.
 HALF_PREFIXES = ("encoder.", "decoder.")
 STORAGES = ("float32", "float16")
-ISTFT_LAYERS = 8  # ConvNeXt blocks of the "istft" decoder
 log = logging.getLogger("ndvq")
 
 
@@ -86,9 +85,8 @@ class Codec(nn.Module):
         self.encoder = SEANetEncoder(**seanet)
         if config.decoder == "istft":
             width = config.n_filters * 2 ** len(config.strides)
-            self.decoder = ISTFTDecoder(
-                config.channels, config.dimension, width, ISTFT_LAYERS, config.hop_length, config.decoder_upsample
-            )
+            layers, upsample = config.decoder_layers, config.decoder_upsample
+            self.decoder = ISTFTDecoder(config.channels, config.dimension, width, layers, config.hop_length, upsample)
         else:
             self.decoder = SEANetDecoder(**seanet)
         quantizer = dict(

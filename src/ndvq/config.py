@@ -8,7 +8,7 @@ from ndvq.errors import NdvqError
 
 QUANTIZERS = ("ndvq", "rvq")
 # Fields added after models were shipped, with their defaults: at those, they stay out of the fingerprint.
-LATER_FIELDS = {"decoder": "seanet", "decoder_upsample": 1}
+LATER_FIELDS = {"decoder": "seanet", "decoder_upsample": 1, "decoder_layers": 8}
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class CodecConfig:
     causal: bool = False
     decoder: str = "seanet"  # "seanet" (EnCodec's, mirror of the encoder) or "istft" (frame-rate, modules/istft.py)
     decoder_upsample: int = 1  # the istft decoder's blocks run at this many times the frame rate
+    decoder_layers: int = 8  # ConvNeXt blocks of the istft decoder
     quantizer: str = "ndvq"
     codebook_size: int = 1024
     num_codebooks: int = 32
@@ -67,6 +68,11 @@ class CodecConfig:
             raise ValueError(
                 f"decoder_upsample={upsample} needs decoder istft and a hop ({self.hop_length}) it divides"
             )
+        layers = self.decoder_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"decoder_layers must be a positive integer, got {layers!r}")
+        if layers != LATER_FIELDS["decoder_layers"] and self.decoder != "istft":
+            raise ValueError(f"decoder_layers={layers} needs decoder istft (SEANet's depth follows the strides)")
         for name, allowed in (
             ("decoder", ("seanet", "istft")),
             ("ndvq_estimator", ("ema", "gradient")),

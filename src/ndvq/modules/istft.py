@@ -86,6 +86,13 @@ class ISTFTDecoder(nn.Module):
         self.head = nn.Linear(dim, n_fft + 2)
         self.synthesis = InverseSTFT(n_fft, hop_length // upsample)
 
+    @torch.no_grad()
+    def pass_through(self, first: int) -> None:
+        """Zero the layer scale of blocks[first:] so that they return their input unchanged: a decoder deepened
+        from a trained one starts as the same function, and the new blocks learn from there."""
+        for block in self.blocks[first:]:
+            block.gamma.zero_()
+
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.upsample(self.embed(latent)).transpose(1, 2)).transpose(1, 2)
         x = self.final_norm(self.blocks(x).transpose(1, 2))

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import closing, nullcontext
+from dataclasses import replace
 import json
 import logging
 import math
@@ -160,11 +161,17 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.yaml")
 
     def _warm_start(self, model_dir: str) -> None:
-        """Start from an exported model's weights (codebooks included, so no k-means initialisation)."""
-        source = Codec.load(model_dir)
-        if source.config != self.codec.config:
+        """Start from an exported model's weights (codebooks included, so no k-means initialisation). A model
+        whose istft decoder has fewer blocks than this run's is deepened: the extra blocks start as identities."""
+        source, target = Codec.load(model_dir), self.codec.config
+        added = target.decoder_layers - source.config.decoder_layers
+        deepened = added > 0 and replace(source.config, decoder_layers=target.decoder_layers) == target
+        if source.config != target and not deepened:
             raise NdvqError(f"init_from {model_dir}: its architecture differs from this run's codec")
-        self.codec.load_state_dict(source.state_dict())
+        self.codec.load_state_dict(source.state_dict(), strict=not deepened)
+        if deepened:
+            self.codec.decoder.pass_through(first=source.config.decoder_layers)
+            log.info("deepened the decoder by %d blocks (starting as identities)", added)
         log.info("starting from the weights of %s", model_dir)
 
     def _validation_batch(self) -> torch.Tensor:
