@@ -129,7 +129,9 @@ def test_warm_start_deepens_an_istft_decoder_as_the_same_function(tmp_path, corp
     latent = torch.randn(1, source.config.dimension, 20)
     with torch.no_grad():
         torch.testing.assert_close(deeper.decoder(latent), source.decoder(latent))
-    assert all(torch.count_nonzero(block.gamma) == 0 for block in deeper.decoder.blocks[2:])
+    assert all(torch.count_nonzero(block.project.weight) == 0 for block in deeper.decoder.blocks[2:])
+    deeper.decoder(latent).square().mean().backward()  # and the new blocks learn from the first step
+    assert all(torch.count_nonzero(block.project.weight.grad) > 0 for block in deeper.decoder.blocks[2:])
     # Shallower, or deeper and otherwise different, is another architecture.
     for overrides in (
         "codec={decoder: istft, decoder_layers: 1}",

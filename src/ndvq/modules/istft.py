@@ -88,10 +88,12 @@ class ISTFTDecoder(nn.Module):
 
     @torch.no_grad()
     def pass_through(self, first: int) -> None:
-        """Zero the layer scale of blocks[first:] so that they return their input unchanged: a decoder deepened
-        from a trained one starts as the same function, and the new blocks learn from there."""
+        """Zero the output projection of blocks[first:] so that they return their input unchanged: a decoder
+        deepened from a trained one starts as the same function. (A zero layer scale would too, but it gates
+        the gradient of everything inside the block: such blocks stay near zero for thousands of steps.)"""
         for block in self.blocks[first:]:
-            block.gamma.zero_()
+            block.project.weight.zero_()
+            block.project.bias.zero_()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.upsample(self.embed(latent)).transpose(1, 2)).transpose(1, 2)
