@@ -89,8 +89,8 @@ class ISTFTDecoder(nn.Module):
     @torch.no_grad()
     def pass_through(self, first: int) -> None:
         """Zero the output projection of blocks[first:] so that they return their input unchanged: a decoder
-        deepened from a trained one starts as the same function. (A zero layer scale would too, but it gates
-        the gradient of everything inside the block: such blocks stay near zero for thousands of steps.)"""
+        deepened from a trained one starts as the same function. (A zero layer scale would too, but then nothing
+        inside the block gets a gradient until the scale moves.)"""
         for block in self.blocks[first:]:
             block.project.weight.zero_()
             block.project.bias.zero_()
