@@ -40,6 +40,7 @@ class CodecConfig:
     def __post_init__(self) -> None:
         positive = {"sample_rate": self.sample_rate, "n_filters": self.n_filters, "dimension": self.dimension}
         positive |= {"num_codebooks": self.num_codebooks}
+        positive |= {"decoder_upsample": self.decoder_upsample, "decoder_layers": self.decoder_layers}
         if self.codebook_dim is not None:
             positive["codebook_dim"] = self.codebook_dim
         positive |= {f"strides[{i}]": stride for i, stride in enumerate(self.strides)}
@@ -62,15 +63,11 @@ class CodecConfig:
         if self.decoder == "istft" and self.causal:
             raise ValueError("the istft decoder is non-causal (causal=true needs decoder seanet)")
         upsample = self.decoder_upsample
-        if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
-            raise ValueError(f"decoder_upsample must be a positive integer, got {upsample!r}")
         if upsample > 1 and (self.decoder != "istft" or self.hop_length % upsample):
             raise ValueError(
                 f"decoder_upsample={upsample} needs decoder istft and a hop ({self.hop_length}) it divides"
             )
         layers = self.decoder_layers
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"decoder_layers must be a positive integer, got {layers!r}")
         if layers != LATER_FIELDS["decoder_layers"] and self.decoder != "istft":
             raise ValueError(f"decoder_layers={layers} needs decoder istft (SEANet's depth follows the strides)")
         for name, allowed in (
