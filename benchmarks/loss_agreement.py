@@ -4,7 +4,7 @@
 
 For files taken at equal steps through a manifest (those of 1 s or more), decodes of the model at each
 bitrate, of Opus at 6 and 12 kbps and of Codec2 at 3200 and 700C (where installed), each delay-compensated
-as `ndvq eval` does, scored by PESQ-wb and STOI (pystoi) and by the training losses of ndvq.train.losses:
+as `ndvq eval` does, scored by PESQ-wb and STOI (pystoi) and by the training losses of ndvq.modules.distances:
 multi-scale mel (`loss.mel`), STOI's (`loss.stoi`), PESQ's disturbance (`loss.pesq`) and the same with
 P.862's 49 bands and weights (`pesq-p862`). Prints each loss's mean per codec and its
 Spearman rank correlation with each metric, pooled over every decode and within each file (the mean over
@@ -23,7 +23,7 @@ from ndvq.errors import NdvqError
 from ndvq.eval.metrics import RATE, prepare, score
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
 from ndvq.manifest import read_manifest
-from ndvq.train.losses import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss
+from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss
 
 LOSSES = {
     "mel": MultiScaleMelLoss(RATE),

@@ -3,7 +3,7 @@
     python benchmarks/loss_gradients.py MANIFEST [--model speech-16k] [--crops 16] [--seconds 0.5] [-b 6]
 
 Decodes a batch of training-like crops (drawn from the manifest's files of 1 s or more, seed 0) and prints,
-for each loss of ndvq.train.losses, its value, the norm of its gradient with respect to the decoded
+for each loss of ndvq.modules.distances, its value, the norm of its gradient with respect to the decoded
 waveform (what a `loss.NAME` weight multiplies: compare weighted norms to balance losses), the share of the
 squared gradient that falls in the crop with the largest one, and the share in samples whose target is
 more than 40 dB under the crop's loudest 32 ms. A loss whose gradient sits in one quiet crop steers the
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ndvq import Codec
 from ndvq.manifest import read_manifest
-from ndvq.train.losses import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, PhaseDerivativeLoss
+from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, PhaseDerivativeLoss
 
 
 def crops(manifest: str, count: int, length: int) -> torch.Tensor:

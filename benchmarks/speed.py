@@ -3,10 +3,13 @@ and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 
     python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k-large] [--encodec]
     python benchmarks/speed.py --onnx [--threads 2] [--presets ...]
+    python benchmarks/speed.py --refine 100 --presets speech-16k-small-istft --durations 10   # slower encoder
 
 --onnx (needs `pip install 'ndvq[onnx]'`) times only onnxruntime against PyTorch, in one run, on tensors: the
 bundled clip repeated to 10 s, encode (scale and codes) and decode (audio times the scale), both at --threads
 intra-op threads.
+
+--refine STEPS encodes with that many steps of refinement (ndvq.refine, `ndvq compress --refine`).
 
 --encodec needs `pip install --no-deps encodec==0.1.1 einops` (with its dependencies, encodec would pull a
 torchaudio that replaces torch).
@@ -54,7 +57,7 @@ def write_repeated(path: Path, clip: np.ndarray, rate: int, seconds: float) -> N
             audio.write(clip[:, : total - start].T)
 
 
-def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
+def measure_codec(preset: str, seconds: float, bandwidth: float, refine: int = 0) -> dict:
     """Compress and decompress `seconds` of speech file to file (FLAC -> .ndvq -> WAV); runs in a fresh process."""
     codec = Codec.from_preset(preset)
     clip, rate = read_audio(CLIP)
@@ -63,7 +66,7 @@ def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
         write_repeated(source, clip, rate, seconds)
         loaded = peak_rss_mb()
         start = time.perf_counter()
-        compress_file(codec, source, coded, bandwidth)
+        compress_file(codec, source, coded, bandwidth, refine_steps=refine)
         encoded = time.perf_counter()
         decompress_file(codec, coded, decoded_file)
         decoded = time.perf_counter()
@@ -71,6 +74,7 @@ def measure_codec(preset: str, seconds: float, bandwidth: float) -> dict:
         "preset": preset,
         "seconds": seconds,
         "bandwidth": bandwidth,
+        "refine": refine,
         "encode_rtf": (encoded - start) / seconds,
         "decode_rtf": (decoded - encoded) / seconds,
         "rss_loaded_mb": loaded,
@@ -180,11 +184,12 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--onnx", action="store_true", help="only onnxruntime against PyTorch (10 s, tensors)")
+    parser.add_argument("--refine", type=int, default=0, metavar="STEPS", help="encoder refinement steps (default 0)")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure_codec(args.one[0], float(args.one[1]), args.bandwidth)))
+        print(json.dumps(measure_codec(args.one[0], float(args.one[1]), args.bandwidth, args.refine)))
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
@@ -201,7 +206,8 @@ def main() -> None:
                 f"{row['torch_decode']:12.4f} {row['onnx_decode']:12.4f} {row['equal']:12.6f}"
             )
         return
-    print("codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights):")
+    refined = f", encoder refinement {args.refine} steps" if args.refine else ""
+    print(f"codec (files: FLAC -> compress_file -> decompress_file -> WAV, untrained weights{refined}):")
     print(
         f"{'preset':<{width}} {'kbps':>5} {'audio s':>8} {'encode RTF':>10} {'decode RTF':>10} "
         f"{'RSS loaded MB':>13} {'RSS peak MB':>11}"
@@ -210,6 +216,7 @@ def main() -> None:
         bandwidth = preset_bandwidth(preset, args.bandwidth)
         for seconds in args.durations:
             command = [sys.executable, __file__, "--threads", str(args.threads), "--bandwidth", str(bandwidth)]
+            command += ["--refine", str(args.refine)]
             output = subprocess.run([*command, "--one", preset, str(seconds)], capture_output=True, text=True)
             if output.returncode:
                 sys.exit(f"{preset}, {seconds:g} s at {bandwidth:g} kbps failed:\n{output.stderr}")

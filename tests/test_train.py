@@ -343,9 +343,10 @@ def test_two_gloo_ranks_keep_identical_weights(tmp_path, corpus) -> None:
 
 
 def test_mel_filterbank_and_losses() -> None:
+    from ndvq.modules.distances import MultiScaleMelLoss
     from ndvq.modules.spectral import mel_filterbank
     from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
-    from ndvq.train.losses import MultiScaleMelLoss, feature_matching_loss
+    from ndvq.train.losses import feature_matching_loss
 
     bank = mel_filterbank(16000, 1024, 64)
     assert bank.shape == (64, 513) and (bank >= 0).all() and (bank.max(1).values > 0.5).all()
@@ -363,7 +364,7 @@ def test_mel_filterbank_and_losses() -> None:
 
 
 def test_phase_loss_grows_with_phase_jitter() -> None:
-    from ndvq.train.losses import PhaseDerivativeLoss
+    from ndvq.modules.distances import PhaseDerivativeLoss
 
     torch.manual_seed(0)
     t = torch.arange(8000) / 16000
@@ -393,7 +394,7 @@ def pulsing_voice(seconds: float) -> torch.Tensor:
 def test_intelligibility_loss_follows_pystoi() -> None:
     from pystoi import stoi
 
-    from ndvq.train.losses import IntelligibilityLoss, third_octave_bands
+    from ndvq.modules.distances import IntelligibilityLoss, third_octave_bands
 
     torch.manual_seed(0)
     x = pulsing_voice(1.5)
@@ -424,7 +425,7 @@ def test_intelligibility_loss_follows_pystoi() -> None:
 def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:
     from pesq import pesq
 
-    from ndvq.train.losses import DisturbanceLoss
+    from ndvq.modules.distances import DisturbanceLoss
 
     torch.manual_seed(0)
     x = pulsing_voice(2.0)

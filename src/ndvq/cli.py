@@ -3,6 +3,7 @@
 import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 import logging
 import math
 import os
@@ -86,13 +87,13 @@ def _summary(source: Path, target: Path, data: bytes, seconds: float) -> str:
 
 
 def _compress_one(
-    codec: Codec, bandwidth: float, progress: bool, entropy: bool | None, rate_weight: float | None
+    codec: Codec, bandwidth: float, progress: bool, entropy: bool | None, rate_weight: float | None, refine: int
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         if target.suffix.lower() in AUDIO_SUFFIXES:
             raise NdvqError(f"{target}: compress writes an .ndvq file, not {target.suffix} audio (roundtrip decodes)")
         start = time.perf_counter()
-        data = compress_file(codec, source, target, bandwidth, progress, entropy, rate_weight)
+        data = compress_file(codec, source, target, bandwidth, progress, entropy, rate_weight, refine)
         return _summary(source, target, data, time.perf_counter() - start)
 
     return run
@@ -115,12 +116,13 @@ def _roundtrip_one(
     subtype: str | None,
     entropy: bool | None,
     rate_weight: float | None,
+    refine: int,
 ) -> Callable[[Path, Path], str]:
     def run(source: Path, target: Path) -> str:
         start = time.perf_counter()
         chosen = subtype or subtype_like(source, target)
         check_output(target, audio=True, subtype=chosen, source=source)
-        data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
+        data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight, refine)
         decode_to_file(codec, data, target, str(source), progress=progress, subtype=chosen)
         return _summary(source, target, data, time.perf_counter() - start)
 
@@ -242,6 +244,14 @@ def _parser() -> argparse.ArgumentParser:
                 "(default: the weight the tables were fitted for; 0: the most likely codes, the audio of "
                 "--no-entropy, which tables fitted for another weight may code in more bits than --no-entropy)",
             )
+            command.add_argument(
+                "--refine",
+                type=_count,
+                default=0,
+                metavar="STEPS",
+                help="refine the encoder's latent by analysis by synthesis, STEPS optimiser steps on it against the "
+                "input: better audio, the same decoder and format, much slower encoding (README, Refinement)",
+            )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
             command.add_argument(
@@ -298,6 +308,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="[LABEL=]DIR",
         help="a model with entropy tables, its files entropy-coded (as compress --entropy)",
+    )
+    evaluate.add_argument(
+        "--refine",
+        action="append",
+        default=[],
+        metavar="LABEL=STEPS",
+        help="encode the model labelled LABEL with STEPS steps of refinement (as compress --refine)",
     )
     evaluate.add_argument(
         "-b", "--bandwidth", nargs="+", type=_kbps, default=["1.5", "3", "6"], help="model bitrates, kbps"
@@ -372,6 +389,21 @@ def _model_specs(items: list[str]) -> list[tuple[str, str]]:
     return specs
 
 
+def _refine_specs(items: list[str], labels: list[str]) -> dict[str, int]:
+    """label -> refinement steps from --refine LABEL=STEPS arguments, each naming a model of the run."""
+    steps = {}
+    for item in items:
+        label, _, count = item.partition("=")
+        if label not in labels:
+            known = ", ".join(labels) or "none"
+            raise NdvqError(f"--refine {item}: no model labelled {label!r} (models: {known})")
+        try:
+            steps[label] = _count(count)
+        except argparse.ArgumentTypeError as error:
+            raise NdvqError(f"--refine {item}: steps {error}") from None
+    return steps
+
+
 def _evaluate(args: argparse.Namespace, progress: bool) -> int:
     from ndvq.eval import compare
 
@@ -394,6 +426,8 @@ def _evaluate(args: argparse.Namespace, progress: bool) -> int:
         raise NdvqError(
             f"two systems are labelled {duplicate!r}: name them, e.g. --entropy-model {duplicate}-entropy=DIR"
         )
+    refine = _refine_specs(args.refine, labels)
+    specs = [replace(spec, refine=refine.get(spec.label, 0)) for spec in specs]
     if args.opus:
         specs.append(compare.SystemSpec("opus", "opus", tuple(args.opus)))
     if args.codec2:
@@ -545,13 +579,15 @@ def _command(args: argparse.Namespace, progress: bool) -> int:
     if args.command == "compress":
         codec.stages(args.bandwidth)
         jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".ndvq")
-        return _run_jobs(jobs, _compress_one(codec, args.bandwidth, progress, args.entropy, rate_weight))
+        compress_one = _compress_one(codec, args.bandwidth, progress, args.entropy, rate_weight, args.refine)
+        return _run_jobs(jobs, compress_one)
     if args.command == "decompress":
         jobs = _jobs(args.input, args.output, (".ndvq",), ".wav")
         return _run_jobs(jobs, _decompress_one(codec, progress, args.subtype))
     codec.stages(args.bandwidth)
     jobs = _jobs(args.input, args.output, AUDIO_SUFFIXES, ".wav")
-    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, args.subtype, args.entropy, rate_weight))
+    options = (args.subtype, args.entropy, rate_weight, args.refine)
+    return _run_jobs(jobs, _roundtrip_one(codec, args.bandwidth, progress, *options))
 
 
 def entry_point() -> None:

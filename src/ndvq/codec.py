@@ -30,6 +30,7 @@ from ndvq.modules.streaming import streaming
 from ndvq.presets import PRESETS
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
 from ndvq.quantization.residual import StageBias
+from ndvq.refine import RefinementObjective, check_refine_steps, refine_latent
 
 CONFIG_FILE, WEIGHTS_FILE, ENTROPY_FILE = "config.json", "model.safetensors", "entropy.safetensors"
 MODEL_FORMAT = "ndvq-model"
@@ -178,14 +179,15 @@ class Codec(nn.Module):
         bandwidth: float,
         chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
         rate_weight: float = 0.0,
+        refine_steps: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """wav [B, 1, T] -> codes [B, n_q, ceil(T / hop)] (int64) and the RMS scale [B, 1, 1].
 
         Inputs longer than `chunk_seconds` are encoded chunk by chunk (None: all at once). A `rate_weight` above
-        0 makes the assignment rate-aware (see encode_blocks).
+        0 makes the assignment rate-aware, `refine_steps` above 0 refines the latent (see encode_blocks).
         """
         scale = signal_scale([wav])
-        blocks = self.encode_blocks([wav], bandwidth, scale, chunk_seconds, rate_weight)
+        blocks = self.encode_blocks([wav], bandwidth, scale, chunk_seconds, rate_weight, refine_steps)
         return torch.cat(list(blocks), dim=-1), scale
 
     def encode_blocks(
@@ -195,6 +197,7 @@ class Codec(nn.Module):
         scale: torch.Tensor,
         chunk_seconds: float | None = DEFAULT_CHUNK_SECONDS,
         rate_weight: float = 0.0,
+        refine_steps: int = 0,
     ) -> Iterator[torch.Tensor]:
         """Consecutive blocks [B, 1, n] of one signal -> consecutive codes [B, n_q, frames], in memory that does
         not grow with the signal's length. The signal is divided by `scale` [B, 1, 1] (see signal_scale).
@@ -203,15 +206,28 @@ class Codec(nn.Module):
         (the entropy tables' probabilities, EntropyModel.log_prior) instead of the likelihood alone: codes the
         entropy coder makes cheap are preferred, trading a little fidelity for fewer bits. The decoder is the same.
 
+        With `refine_steps` > 0 the encoder's latent is refined by analysis by synthesis before it is coded (see
+        ndvq.refine): better decodes for a decoder pass forward and backward per step; the decoder is the same.
+
         The result does not depend on how the signal is cut into blocks. Do not use the codec for anything
         else while iterating: a causal model keeps streaming state in its layers.
         """
         n_q, hop = self.stages(bandwidth), self.hop_length
         bias = self._rate_bias(rate_weight) if rate_weight else None
+        check_refine_steps(refine_steps)
+        objective = RefinementObjective(self.sample_rate).to(next(self.parameters()).device) if refine_steps else None
+
+        def synthesise(latent: torch.Tensor) -> torch.Tensor:  # the decode of latent's codes, straight through
+            quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q))
+            return self.decoder(latent + (quantized - latent).detach())
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.quantizer.encode(self.encoder(window), n_q, bias)
+                latent = self.encoder(window)
+            if objective is not None:
+                latent = refine_latent(latent, window, synthesise, objective, refine_steps)
+            with torch.no_grad():
+                return self.quantizer.encode(latent, n_q, bias)
 
         normalised = (block / scale for block in pad_stream(blocks, hop))
         with self._chunking(self.encoder):

@@ -25,6 +25,7 @@ from ndvq.audio import (
 )
 from ndvq.codec import Codec, signal_scale
 from ndvq.errors import NdvqError
+from ndvq.refine import check_refine_steps
 
 BLOCK_SECONDS = 10.0  # audio read, resampled and written at a time
 
@@ -100,10 +101,11 @@ def _encode(
     name: str,
     entropy: bool | None = None,
     rate_weight: float | None = None,
+    refine_steps: int = 0,
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
     (entropy-coded with the model's tables when `entropy`; None: when the model has tables). `rate_weight` (see
-    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0."""
+    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0; `refine_steps` likewise."""
     if entropy is None:
         entropy = codec.entropy is not None
     if entropy and codec.entropy is None:
@@ -116,12 +118,14 @@ def _encode(
     if not low <= sample_rate <= high:
         raise NdvqError(f"{name}: sample rate {sample_rate} Hz, not between {low} and {high} Hz")
     n_q = codec.stages(bandwidth)
+    check_refine_steps(refine_steps)
     scale, length = _scale_and_length(codec, read(), sample_rate, channels, name)
     if float(scale.max()) > bitstream.MAX_SCALE:
         raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {bitstream.MAX_SCALE:g})")
     blocks = _with_progress(read(), sample_rate, length / sample_rate, progress)
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
-    codes = torch.cat(list(codec.encode_blocks(model_blocks, bandwidth, scale, rate_weight=rate_weight)), dim=-1)
+    coded = codec.encode_blocks(model_blocks, bandwidth, scale, rate_weight=rate_weight, refine_steps=refine_steps)
+    codes = torch.cat(list(coded), dim=-1)
     header = bitstream.Header(
         model_id=codec.identity(entropy),
         model_sample_rate=codec.sample_rate,
@@ -155,18 +159,21 @@ def compress(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
+    refine_steps: int = 0,
 ) -> bytes:
     """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`
     (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
     version 2), and assigned with the tables' rate weight unless `rate_weight` is given (0: the most likely
-    codes; see Codec.encode_blocks); without, bit-packed (format version 1)."""
+    codes; see Codec.encode_blocks); without, bit-packed (format version 1). `refine_steps` > 0: the encoder's
+    latent is refined by analysis by synthesis (ndvq.refine), slower, the same decoder."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
     def read() -> Iterator[np.ndarray]:
         return (wav[:, i : i + step] for i in range(0, wav.shape[1], step))
 
-    return _encode(codec, read, sample_rate, wav.shape[0], bandwidth, progress, "input", entropy, rate_weight)
+    channels = wav.shape[0]
+    return _encode(codec, read, sample_rate, channels, bandwidth, progress, "input", entropy, rate_weight, refine_steps)
 
 
 def encode_file(
@@ -176,6 +183,7 @@ def encode_file(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
+    refine_steps: int = 0,
 ) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
 
@@ -186,7 +194,8 @@ def encode_file(
         step = _block_frames(audio.samplerate)
         blocks = lambda: audio_blocks(audio, step)  # noqa: E731
         name = str(source)
-        return _encode(codec, blocks, audio.samplerate, audio.channels, bandwidth, progress, name, entropy, rate_weight)
+        rate, channels = audio.samplerate, audio.channels
+        return _encode(codec, blocks, rate, channels, bandwidth, progress, name, entropy, rate_weight, refine_steps)
 
 
 def compress_file(
@@ -197,10 +206,11 @@ def compress_file(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
+    refine_steps: int = 0,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
     check_output(target, source=source)
-    data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight)
+    data = encode_file(codec, source, bandwidth, progress, entropy, rate_weight, refine_steps)
     write_bytes(target, data)
     return data
 

@@ -30,17 +30,18 @@ from ndvq.manifest import read_manifest
 @dataclass(frozen=True)
 class SystemSpec:
     """What a worker needs to build a codec: kind ("ndvq", "opus", "codec2"), label, model, bitrates, and for
-    NDVQ whether its files are entropy-coded."""
+    NDVQ whether its files are entropy-coded and how many refinement steps its encoder takes."""
 
     kind: str
     label: str
     bitrates: tuple[str, ...]
     model: str = ""
     entropy: bool = False
+    refine: int = 0
 
     def build(self) -> Any:
         if self.kind == "ndvq":
-            return NdvqSystem(self.label, self.model, self.entropy)
+            return NdvqSystem(self.label, self.model, self.entropy, self.refine)
         return {"opus": OpusSystem, "codec2": Codec2System}[self.kind]()
 
 

@@ -30,23 +30,26 @@ class Coded:
 
 class NdvqSystem:
     """A model directory (or preset) at its bitrates in kbps; with `entropy`, its files are entropy-coded with
-    the model's tables (and assigned with their rate weight)."""
+    the model's tables (and assigned with their rate weight); with `refine` > 0, encoded with that many steps of
+    refinement (ndvq.refine)."""
 
     aligned = True  # decodes are sample-aligned with the input by construction: no delay to search for
 
-    def __init__(self, label: str, model: str, entropy: bool = False) -> None:
-        self.label, self.model, self.entropy = label, model, entropy
+    def __init__(self, label: str, model: str, entropy: bool = False, refine: int = 0) -> None:
+        self.label, self.model, self.entropy, self.refine = label, model, entropy, refine
         self.codec = Codec.load(model)
         if entropy and self.codec.entropy is None:
             raise NdvqError(f"{model}: no entropy tables to evaluate entropy coding with (ndvq fit-entropy)")
-        # Results cached for other weights, tables or rate weights are not this model's.
+        # Results cached for other weights, tables, rate weights or refinements are not this system's.
         self.identity = codes_identity(self.codec) if entropy else self.codec.identity().hex()
+        if refine:
+            self.identity += f"-refine{refine}"
 
     def kbps(self, bitrate: str) -> float:
         return float(bitrate)
 
     def code(self, wav: np.ndarray, rate: int, bitrate: str) -> Coded:
-        data = compress(self.codec, wav, rate, float(bitrate), entropy=self.entropy)
+        data = compress(self.codec, wav, rate, float(bitrate), entropy=self.entropy, refine_steps=self.refine)
         decoded, _ = decompress(data, self.codec)
         return Coded(decoded, len(data))
 

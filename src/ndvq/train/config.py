@@ -10,9 +10,9 @@ import yaml
 from ndvq import pretrained
 from ndvq.config import QUANTIZERS, CodecConfig
 from ndvq.errors import NdvqError
+from ndvq.modules.distances import MEL_SCALES
 from ndvq.presets import PRESETS
 from ndvq.train.data import check_speed
-from ndvq.train.losses import MEL_SCALES
 
 
 @dataclass
@@ -43,9 +43,9 @@ class LossConfig:
     waveform: float = 0.5  # L1 on the waveform
     mel: float = 0.5  # multi-scale log-mel, L1 + MSE
     mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
-    phase: float = 0.0  # STFT phase derivatives (losses.PhaseDerivativeLoss); 0: not computed
-    stoi: float = 0.0  # 1 - STOI, differentiable (losses.IntelligibilityLoss); 0: not computed
-    pesq: float = 0.0  # PESQ's perceptual disturbance, differentiable (losses.DisturbanceLoss); 0: not computed
+    phase: float = 0.0  # STFT phase derivatives (modules.distances.PhaseDerivativeLoss); 0: not computed
+    stoi: float = 0.0  # 1 - STOI, differentiable (modules.distances.IntelligibilityLoss); 0: not computed
+    pesq: float = 0.0  # PESQ's disturbance, differentiable (modules.distances.DisturbanceLoss); 0: not computed
     quantizer: float = 0.5
     adversarial: float = 1.0
     feature: float = 5.0  # relative feature matching

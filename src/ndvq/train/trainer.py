@@ -24,6 +24,7 @@ from ndvq.codec import Codec
 from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.eval.metrics import score
+from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, PhaseDerivativeLoss
 from ndvq.quantization import ResidualQuantizer
 from ndvq.quantization.usage import code_counts, codebook_usage
 from ndvq.train.checkpoint import checkpoint_of_step, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -31,16 +32,7 @@ from ndvq.train.config import OptimConfig, TrainConfig, save_config
 from ndvq.train.data import AudioDataset
 from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
 from ndvq.train.logs import MetricLogger, spread_statistics
-from ndvq.train.losses import (
-    Balancer,
-    DisturbanceLoss,
-    IntelligibilityLoss,
-    MultiScaleMelLoss,
-    PhaseDerivativeLoss,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-)
+from ndvq.train.losses import Balancer, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
 log = logging.getLogger("ndvq")
 CHECKPOINT_VERSION = 1

@@ -1,0 +1,65 @@
+"""Encoder-side refinement (analysis by synthesis): a latent that decodes closer to the input than the encoder's.
+
+The encoder maps audio to a latent in one pass; on speech it never heard, that latent is not the best the decoder
+can use. Refinement starts from it and takes Adam steps on the latent itself, the decoder and codebooks fixed, so
+that the decode of its quantization (gradients straight through the quantizer) comes closer to the input under the
+training's reconstruction objective, the multi-scale mel loss plus PESQ's disturbance. Only the encoder's choice
+changes: the codes mean what they meant, the decoder and the bitstream are the same, and any ndvq reads the file.
+Each step costs a decoder pass forward and backward over the window being encoded.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ndvq.errors import NdvqError
+from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLoss
+
+LEARNING_RATE = 0.01  # Adam on the latent; the encoder's latents have a standard deviation of about 1
+MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
+
+
+class RefinementObjective(nn.Module):
+    """Multi-scale mel loss + PESQ's disturbance (ndvq.modules.distances), at weights 1 and 1: estimate and target
+    wav [B, 1, T] -> scalar. Inputs shorter than MIN_SAMPLES are zero-padded."""
+
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        self.mel = MultiScaleMelLoss(sample_rate)
+        self.disturbance = DisturbanceLoss(sample_rate)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        short = max(0, MIN_SAMPLES - target.shape[-1])
+        estimate, target = F.pad(estimate, (0, short)), F.pad(target, (0, short))
+        return self.mel(estimate, target) + self.disturbance(estimate, target)
+
+
+def check_refine_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise NdvqError(f"refine steps: expected a whole number of 0 or more, got {steps!r}")
+
+
+def refine_latent(
+    latent: torch.Tensor,
+    target: torch.Tensor,
+    synthesise: Callable[[torch.Tensor], torch.Tensor],
+    objective: nn.Module,
+    steps: int,
+) -> torch.Tensor:
+    """`steps` Adam steps on latent [B, D, F] towards objective(synthesise(latent), target) -> the refined latent.
+
+    synthesise maps a latent to wav [B, 1, >= T] (decoder of the quantized latent, differentiable in the latent);
+    target is wav [B, 1, T], as the encoder saw it. Parameters of the modules involved get no gradient.
+    """
+    check_refine_steps(steps)
+    latent = latent.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([latent], lr=LEARNING_RATE)
+    length = target.shape[-1]
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = objective(synthesise(latent)[..., :length], target)
+            (latent.grad,) = torch.autograd.grad(loss, [latent])
+            optimiser.step()
+    return latent.detach()
