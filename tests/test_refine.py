@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import ndvq
@@ -69,15 +70,14 @@ def test_refinement_improves_the_shipped_model_on_speech(speech) -> None:
 
 
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:
-    import soundfile as sf
-
     source = tmp_path / "in.wav"
     sf.write(source, speech[0][0, :8000], speech[1])
-    assert main(["compress", str(source), str(tmp_path / "out.ndvq"), "--model", "tiny", "-b", "2", "--refine", "3"]) == 0
+    tiny = ["--model", "tiny", "-b", "2"]
+    assert main(["compress", str(source), str(tmp_path / "out.ndvq"), *tiny, "--refine", "3"]) == 0
     decoded, _ = ndvq.decompress((tmp_path / "out.ndvq").read_bytes(), Codec.from_preset("tiny"))
     assert np.isfinite(decoded).all()
     with pytest.raises(SystemExit) as exit_info:
-        main(["compress", str(source), str(tmp_path / "zero.ndvq"), "--model", "tiny", "-b", "2", "--refine", "0"])
+        main(["compress", str(source), str(tmp_path / "zero.ndvq"), *tiny, "--refine", "0"])
     assert exit_info.value.code != 0 and not (tmp_path / "zero.ndvq").exists()
     capsys.readouterr()
     code = main(["eval", str(source), "--out", str(tmp_path / "eval"), "--model", "t=tiny", "--refine", "x=5"])

@@ -218,7 +218,7 @@ class Codec(nn.Module):
         objective = RefinementObjective(self.sample_rate).to(next(self.parameters()).device) if refine_steps else None
 
         def synthesise(latent: torch.Tensor) -> torch.Tensor:  # the decode of latent's codes, straight through
-            quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q))
+            quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q, bias))
             return self.decoder(latent + (quantized - latent).detach())
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
