@@ -1,7 +1,7 @@
 """Encoder refinement (`ndvq compress --refine STEPS`): quality and encoding time against the number of steps.
 
     python benchmarks/refinement.py MANIFEST [--model speech-16k] [--files 12] [-b 1.5 6] [--steps 0 25 50 100 200]
-        [--threads 1] [--plot docs/refinement.png]
+        [--threads 1] [--plot docs/refinement-steps.png]
 
 For files taken at equal steps through a manifest (those of 1 s or more), each bitrate and each step count: the
 file coded through `ndvq.compress` (bit-packed, so that only the codes differ) and decoded, scored against the

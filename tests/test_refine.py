@@ -1,5 +1,7 @@
 """Encoder-side refinement: a latent that decodes closer to the input, the same decoder and bitstream."""
 
+import csv
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,6 +11,7 @@ import ndvq
 from ndvq import Codec, NdvqError
 from ndvq.cli import DEFAULT_MODEL, main
 from ndvq.eval.metrics import score
+from ndvq.refine import VERSION as REFINE_VERSION
 from ndvq.refine import RefinementObjective, refine_latent
 
 
@@ -25,7 +28,7 @@ def test_refinement_lowers_the_objective_and_leaves_the_model_alone(tiny: Codec,
 
     with torch.no_grad():
         before = float(objective(synthesise(latent), target))
-        refined = refine_latent(latent, target, synthesise, objective, steps=20)
+        refined = refine_latent(latent, target, synthesise, tiny.sample_rate, steps=20)
         after = float(objective(synthesise(refined), target))
     assert after < before
     assert refined.shape == latent.shape and not refined.requires_grad
@@ -35,12 +38,22 @@ def test_refinement_lowers_the_objective_and_leaves_the_model_alone(tiny: Codec,
 
 def test_zero_steps_is_the_plain_encoder_and_refined_codes_decode_as_any(tiny: Codec, speech) -> None:
     wav = torch.from_numpy(speech[0][0])[None, None, :8000]
+    weights = {name: tensor.clone() for name, tensor in tiny.state_dict().items()}
     plain, scale = tiny.encode(wav, 8.0)
     assert torch.equal(tiny.encode(wav, 8.0, refine_steps=0)[0], plain)
     refined, refined_scale = tiny.encode(wav, 8.0, refine_steps=5)
     assert refined.shape == plain.shape and refined.dtype == plain.dtype and torch.equal(refined_scale, scale)
     assert not torch.equal(refined, plain)  # the steps moved the latent across code boundaries
     assert tiny.decode(refined, scale).shape == tiny.decode(plain, scale).shape
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in tiny.state_dict().items())
+    assert all(parameter.grad is None for parameter in tiny.parameters())
+
+
+def test_refinement_runs_in_inference_mode(tiny: Codec, speech) -> None:
+    wav = torch.from_numpy(speech[0][0])[None, None, :4000]
+    with torch.inference_mode():
+        codes, _ = tiny.encode(wav, 8.0, refine_steps=3)
+    assert torch.equal(codes, tiny.encode(wav, 8.0, refine_steps=3)[0])
 
 
 def test_a_very_short_input_is_refined_too(tiny: Codec) -> None:
@@ -71,15 +84,26 @@ def test_refinement_improves_the_shipped_model_on_speech(speech) -> None:
 
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:
     source = tmp_path / "in.wav"
-    sf.write(source, speech[0][0, :8000], speech[1])
-    tiny = ["--model", "tiny", "-b", "2"]
-    assert main(["compress", str(source), str(tmp_path / "out.ndvq"), *tiny, "--refine", "3"]) == 0
-    decoded, _ = ndvq.decompress((tmp_path / "out.ndvq").read_bytes(), Codec.from_preset("tiny"))
-    assert np.isfinite(decoded).all()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compress", str(source), str(tmp_path / "zero.ndvq"), *tiny, "--refine", "0"])
-    assert exit_info.value.code != 0 and not (tmp_path / "zero.ndvq").exists()
+    sf.write(source, speech[0][0, :8000], speech[1], subtype="FLOAT")
+    codec, tiny = Codec.from_preset("tiny"), ["--model", "tiny", "-b", "8"]
+    assert main(["compress", str(source), str(tmp_path / "out.ndvq"), *tiny, "--refine", "5"]) == 0
+    refined = ndvq.compress(codec, speech[0][:, :8000], speech[1], 8.0, refine_steps=5)
+    assert (tmp_path / "out.ndvq").read_bytes() == refined != ndvq.compress(codec, speech[0][:, :8000], speech[1], 8.0)
+    assert main(["roundtrip", str(source), str(tmp_path / "out.wav"), *tiny, "--refine", "5"]) == 0
+    decoded, _ = ndvq.decompress(refined, codec)
+    assert np.allclose(sf.read(tmp_path / "out.wav", always_2d=True)[0].T, decoded, atol=1e-6)
     capsys.readouterr()
-    code = main(["eval", str(source), "--out", str(tmp_path / "eval"), "--model", "t=tiny", "--refine", "x=5"])
-    assert code != 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", str(source), str(tmp_path / "bad.ndvq"), *tiny, "--refine", "-1"])
+    assert exit_info.value.code != 0
+    assert "argument --refine: must be at least 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "bad.ndvq").exists()
+    evaluate = ["eval", str(source), "--out", str(tmp_path / "eval"), "--model", "t=tiny", "-b", "8"]
+    assert main([*evaluate, "--refine", "x=5"]) != 0
     assert "--refine x=5: no model labelled 'x' (models: t)" in capsys.readouterr().err
+    assert main([*evaluate, "--refine", "t=-2"]) != 0
+    assert "--refine t=-2: STEPS must be at least 0, got -2" in capsys.readouterr().err
+    assert main([*evaluate, "--model", "r=tiny", "--refine", "r=5", "--metrics", "mel_distance"]) == 0
+    rows = {row["codec"]: row for row in csv.DictReader(open(tmp_path / "eval" / "per_utterance.csv"))}
+    assert rows["r"]["system"] == rows["t"]["system"] + f"-refine5v{REFINE_VERSION}"
+    assert float(rows["r"]["mel_distance"]) != float(rows["t"]["mel_distance"])

@@ -197,6 +197,17 @@ def _kbps(text: str) -> str:
     return text
 
 
+def _steps(text: str) -> int:
+    """An argparse type: a whole number, at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _count(text: str) -> int:
     """An argparse type: a whole number, at least 1."""
     try:
@@ -246,11 +257,12 @@ def _parser() -> argparse.ArgumentParser:
             )
             command.add_argument(
                 "--refine",
-                type=_count,
+                type=_steps,
                 default=0,
                 metavar="STEPS",
                 help="refine the encoder's latent by analysis by synthesis, STEPS optimiser steps on it against the "
-                "input: better audio, the same decoder and format, much slower encoding (README, Refinement)",
+                "input: better audio, the same decoder and format, much slower encoding (README, Refinement; "
+                "default 0: off)",
             )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
@@ -397,10 +409,12 @@ def _refine_specs(items: list[str], labels: list[str]) -> dict[str, int]:
         if label not in labels:
             known = ", ".join(labels) or "none"
             raise NdvqError(f"--refine {item}: no model labelled {label!r} (models: {known})")
+        if label in steps:
+            raise NdvqError(f"--refine {item}: {label!r} is given steps twice")
         try:
-            steps[label] = _count(count)
+            steps[label] = _steps(count)
         except argparse.ArgumentTypeError as error:
-            raise NdvqError(f"--refine {item}: steps {error}") from None
+            raise NdvqError(f"--refine {item}: STEPS {error}") from None
     return steps
 
 
@@ -412,6 +426,8 @@ def _evaluate(args: argparse.Namespace, progress: bool) -> int:
     if args.usage or args.robustness:
         from ndvq.eval import experiments
 
+        if args.refine:
+            raise NdvqError("--refine: not with --usage or --robustness, which measure the one-pass encoder")
         if not models:
             raise NdvqError("--usage and --robustness need at least one --model")
         run = experiments.usage if args.usage else experiments.robustness

@@ -30,7 +30,7 @@ from ndvq.modules.streaming import streaming
 from ndvq.presets import PRESETS
 from ndvq.quantization import ResidualNDVQ, ResidualVQ
 from ndvq.quantization.residual import StageBias
-from ndvq.refine import RefinementObjective, check_refine_steps, refine_latent
+from ndvq.refine import check_refine_steps, refine_latent
 
 CONFIG_FILE, WEIGHTS_FILE, ENTROPY_FILE = "config.json", "model.safetensors", "entropy.safetensors"
 MODEL_FORMAT = "ndvq-model"
@@ -215,17 +215,17 @@ class Codec(nn.Module):
         n_q, hop = self.stages(bandwidth), self.hop_length
         bias = self._rate_bias(rate_weight) if rate_weight else None
         check_refine_steps(refine_steps)
-        objective = RefinementObjective(self.sample_rate).to(next(self.parameters()).device) if refine_steps else None
 
         def synthesise(latent: torch.Tensor) -> torch.Tensor:  # the decode of latent's codes, straight through
-            quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q, bias))
+            with torch.no_grad():
+                quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q, bias))
             return self.decoder(latent + (quantized - latent).detach())
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 latent = self.encoder(window)
-            if objective is not None:
-                latent = refine_latent(latent, window, synthesise, objective, refine_steps)
+            if refine_steps:
+                latent = refine_latent(latent, window, synthesise, self.sample_rate, refine_steps)
             with torch.no_grad():
                 return self.quantizer.encode(latent, n_q, bias)
 

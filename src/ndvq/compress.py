@@ -105,7 +105,7 @@ def _encode(
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
     (entropy-coded with the model's tables when `entropy`; None: when the model has tables). `rate_weight` (see
-    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0; `refine_steps` likewise."""
+    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0; `refine_steps` (ndvq.refine) to 0."""
     if entropy is None:
         entropy = codec.entropy is not None
     if entropy and codec.entropy is None:

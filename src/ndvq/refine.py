@@ -2,10 +2,10 @@
 
 The encoder maps audio to a latent in one pass; on speech it never heard, that latent is not the best the decoder
 can use. Refinement starts from it and takes Adam steps on the latent itself, the decoder and codebooks fixed, so
-that the decode of its quantization (gradients straight through the quantizer) comes closer to the input under the
-training's reconstruction objective, the multi-scale mel loss plus PESQ's disturbance. Only the encoder's choice
-changes: the codes mean what they meant, the decoder and the bitstream are the same, and any ndvq reads the file.
-Each step costs a decoder pass forward and backward over the window being encoded.
+that the decode of its quantization (gradients straight through the quantizer) comes closer to the input under two
+terms of the training's objective, the multi-scale mel loss and PESQ's disturbance, at weights 1 and 1. Only the
+encoder's choice changes: the codes mean what they meant, the decoder and the bitstream are the same, and any ndvq
+reads the file. Each step costs a decoder pass forward and backward over the window being encoded.
 """
 
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from ndvq.errors import NdvqError
 from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLoss
 
 LEARNING_RATE = 0.01  # Adam on the latent; the encoder's latents have a standard deviation of about 1
+VERSION = 2  # of the refined codes, for caches of results (ndvq eval); 2: decodes with the file's assignment
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 
 
@@ -45,19 +46,23 @@ def refine_latent(
     latent: torch.Tensor,
     target: torch.Tensor,
     synthesise: Callable[[torch.Tensor], torch.Tensor],
-    objective: nn.Module,
+    sample_rate: int,
     steps: int,
 ) -> torch.Tensor:
-    """`steps` Adam steps on latent [B, D, F] towards objective(synthesise(latent), target) -> the refined latent.
+    """`steps` Adam steps on latent [B, D, F] towards RefinementObjective(synthesise(latent), target) -> the refined
+    latent.
 
     synthesise maps a latent to wav [B, 1, >= T] (decoder of the quantized latent, differentiable in the latent);
-    target is wav [B, 1, T], as the encoder saw it. Parameters of the modules involved get no gradient.
+    target is wav [B, 1, T] at `sample_rate`, as the encoder saw it. Parameters of the modules involved get no
+    gradient. Runs under torch.no_grad() and torch.inference_mode() too.
     """
     check_refine_steps(steps)
-    latent = latent.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([latent], lr=LEARNING_RATE)
     length = target.shape[-1]
-    with torch.enable_grad():
+    # Tensors made in inference mode take no part in autograd: clone the inputs, build the objective outside it.
+    with torch.inference_mode(False), torch.enable_grad():
+        objective = RefinementObjective(sample_rate).to(latent.device)
+        latent, target = latent.detach().clone().requires_grad_(True), target.detach().clone()
+        optimiser = torch.optim.Adam([latent], lr=LEARNING_RATE)
         for _ in range(steps):
             loss = objective(synthesise(latent)[..., :length], target)
             (latent.grad,) = torch.autograd.grad(loss, [latent])

@@ -18,6 +18,7 @@ from ndvq.audio import mono_at, resample
 from ndvq.codec import Codec
 from ndvq.compress import codes_identity, compress, decompress
 from ndvq.errors import NdvqError
+from ndvq.refine import VERSION as REFINE_VERSION
 
 CODEC2_MODES = {"3200": 3.2, "2400": 2.4, "1600": 1.6, "1400": 1.4, "1300": 1.3, "1200": 1.2, "700C": 0.7}
 
@@ -43,7 +44,7 @@ class NdvqSystem:
         # Results cached for other weights, tables, rate weights or refinements are not this system's.
         self.identity = codes_identity(self.codec) if entropy else self.codec.identity().hex()
         if refine:
-            self.identity += f"-refine{refine}"
+            self.identity += f"-refine{refine}v{REFINE_VERSION}"
 
     def kbps(self, bitrate: str) -> float:
         return float(bitrate)

@@ -129,7 +129,8 @@ class DisturbanceLoss(nn.Module):
     buzz) up to 12 times more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the
     asymmetric disturbance; over time, L6 within 20-frame segments at half overlap, then L2 over segments; the
     two summed with weights 0.1 and `asymmetric`. Left out: time alignment (decodes are aligned), the IRS and
-    frequency equalisation, silence weighting. For training only: report PESQ with `pesq` (`ndvq eval`).
+    frequency equalisation, silence weighting. For training and refinement (ndvq.refine): report PESQ with `pesq`
+    (`ndvq eval`).
 
     Defaults differ from P.862 where that ranks decodes closer to PESQ-wb on the validation split
     (benchmarks/loss_agreement.py): 96 bands instead of 49 Bark bands (resolving the harmonics of a voice,
