@@ -197,26 +197,24 @@ def _kbps(text: str) -> str:
     return text
 
 
-def _steps(text: str) -> int:
-    """An argparse type: a whole number, at least 0."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _steps(text: str) -> int:
+    """An argparse type: a whole number, at least 0."""
+    return _whole_number(text, 0)
 
 
 def _count(text: str) -> int:
     """An argparse type: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _whole_number(text, 1)
 
 
 def _parser() -> argparse.ArgumentParser:
