@@ -17,6 +17,7 @@ from ndvq.audio import read_audio
 from ndvq.eval.compare import reference_files
 from ndvq.eval.metrics import RATE, cross_correlation, delay, prepare
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
+from ndvq.tokens import spread
 
 MAX_LAG = int(0.1 * RATE)
 
@@ -33,8 +34,7 @@ def main() -> None:
     parser.add_argument("--model", default="speech-16k")
     parser.add_argument("--files", type=int, default=10, help="files taken at equal steps through the data")
     args = parser.parse_args()
-    files = reference_files(args.data)
-    files = files[:: max(len(files) // args.files, 1)][: args.files]
+    files = spread(reference_files(args.data), args.files)
     systems = [(NdvqSystem("ndvq", args.model), "1.5"), (OpusSystem(), "6")]
     systems += [(Codec2System(), "3200"), (Codec2System(), "700C")]
     print(f"{len(files)} files; lag of the decode in samples at 16 kHz (positive: the decode is late)")

@@ -24,6 +24,7 @@ import torch
 from ndvq import Codec
 from ndvq.manifest import read_manifest
 from ndvq.modules import spectral
+from ndvq.tokens import spread
 
 WINDOW = torch.hann_window(512)  # hop 128, as every STFT of ndvq.modules.spectral
 
@@ -45,12 +46,6 @@ def griffin_lim(magnitude: torch.Tensor, length: int, iterations: int = 60) -> t
     return istft(spec, length)
 
 
-def manifest_files(manifest: Path, count: int) -> list[Path]:
-    long_enough = [path for path, seconds in read_manifest(manifest) if seconds >= 1.0]
-    step = max(1, len(long_enough) // count)
-    return long_enough[::step][:count]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", type=Path, help="a manifest (path<TAB>seconds) of 16 kHz files")
@@ -61,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)
     codec = Codec.load(args.model).eval()
     scores: dict[str, list[tuple[float, float]]] = {}
-    files = manifest_files(args.manifest, args.files)
+    files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
     for path in files:
         wav, rate = sf.read(path, dtype="float32")
         if rate != codec.sample_rate or wav.ndim != 1:

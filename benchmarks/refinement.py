@@ -21,15 +21,10 @@ from ndvq import Codec
 from ndvq.audio import read_audio
 from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
+from ndvq.tokens import spread
 
 METRICS = ("pesq_wb", "stoi", "mel_distance")
 COLUMNS = (*METRICS, "encode_rtf")
-
-
-def manifest_files(manifest: Path, count: int) -> list[Path]:
-    long_enough = [path for path, seconds in read_manifest(manifest) if seconds >= 1.0]
-    step = max(1, len(long_enough) // count)
-    return long_enough[::step][:count]
 
 
 def plot(means: dict[tuple[float, int], dict[str, float]], bitrates: list[float], steps: list[int], out: Path) -> None:
@@ -62,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
-    files = manifest_files(args.manifest, args.files)
+    files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
     rows: dict[tuple[float, int], list[dict[str, float]]] = {}
     for path in files:
         wav, rate = read_audio(path)

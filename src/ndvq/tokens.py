@@ -25,7 +25,7 @@ from pathlib import Path
 import queue
 import tempfile
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ from ndvq.codec import Codec
 from ndvq.compress import codes_identity, encode_file
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
+
+T = TypeVar("T")
 
 FORMAT = "ndvq-tokens"
 VERSION = 1
@@ -107,7 +109,7 @@ def source_files(source: str | os.PathLike) -> list[Entry]:
     return entries
 
 
-def spread(entries: list[Entry], count: int | None) -> list[Entry]:
+def spread(entries: list[T], count: int | None) -> list[T]:
     """`count` entries taken at equal steps through the list (all of them for None), so every voice counts."""
     return entries if count is None else entries[:: max(1, len(entries) // count)][:count]
 
