@@ -156,6 +156,29 @@ def test_rerun_refuses_another_bandwidth_or_plan(tmp_path, corpus, tiny) -> None
         tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=1000)
 
 
+def test_refined_codes_equal_compress_refine_and_are_recorded(tmp_path, corpus, tiny) -> None:
+    out, bandwidth, paths = tmp_path / "tokens", 8.0, ("a.wav", "c.wav", "sub/b.flac")
+    tokens.tokenize(tiny, corpus, out, bandwidth, refine_steps=5, batch_seconds=0.01)
+    refined = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth, refine_steps=5))[1] for p in paths}
+    assert_codes(out, refined)
+    plain = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth))[1] for p in paths}
+    assert any(not np.array_equal(refined[p], plain[p]) for p in paths)  # refinement changed codes
+    assert index(out)["refine_steps"] == 5 and tokens.load(out).refine_steps == 5
+    message = f"{out}: holds tokens of model .* at 8 kbps, refined with 5 steps, not of model .* at 8 kbps;"
+    with pytest.raises(NdvqError, match=message):
+        tokens.tokenize(tiny, corpus, out, bandwidth, batch_seconds=0.01)
+    with pytest.raises(NdvqError, match="refine steps: expected a whole number of 0 or more, got -1"):
+        tokens.tokenize(tiny, corpus, tmp_path / "never", bandwidth, refine_steps=-1)
+    assert not (tmp_path / "never").exists()
+    # Shards written before refinement existed (no refine_steps) read as unrefined.
+    unrefined = tmp_path / "unrefined"
+    tokens.tokenize(tiny, corpus, unrefined, BANDWIDTH, batch_seconds=1000)
+    shard = unrefined / "shard-00000.json"
+    shard.write_text(json.dumps({k: v for k, v in json.loads(shard.read_text()).items() if k != "refine_steps"}))
+    assert tokens.load(unrefined).refine_steps == 0
+    assert tokens.tokenize(tiny, corpus, unrefined, BANDWIDTH, batch_seconds=1000).finished_before == 1
+
+
 def test_load_random_access_equals_iteration(tmp_path, corpus, tiny) -> None:
     out = tmp_path / "tokens"
     tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=1.0)
@@ -187,6 +210,11 @@ def test_cli(tmp_path, corpus, capsys) -> None:
     assert captured.out.startswith(f"{out}: 3 files, 1 failures, 3.0 s of audio in 2 shards (0 already done)")
     assert "audio per second" in captured.out and "failed bad.wav: cannot decode audio" in captured.err
     assert len(tokens.load(out)) == 3
+
+    refined = tmp_path / "refined"
+    assert main(["tokenize", str(corpus), str(refined), "-b", "4", "--model", "tiny", "--refine", "2"]) == 0
+    assert tokens.load(refined).refine_steps == 2
+    capsys.readouterr()
 
     code = main(["tokenize", str(tmp_path / "missing"), str(out), "-b", "4", "--model", "tiny"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ndvq: error")]

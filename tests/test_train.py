@@ -168,6 +168,34 @@ def test_resume_continues_exactly(tmp_path, corpus) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_finetune_trains_one_part_against_the_fixed_rest_quantizing_as_at_inference(tmp_path, corpus, part) -> None:
+    Trainer(tiny_config(corpus, "steps=4"), tmp_path / "base").fit()
+    export(tmp_path / "base", tmp_path / "model")
+    base = Codec.load(tmp_path / "model")
+    overrides = (f"init_from={tmp_path / 'model'}", f"finetune=[{part}]", "steps=4", "checkpoint_every=2")
+    tuned = Trainer(tiny_config(corpus, *overrides, "discriminator.start_step=2"), tmp_path / "tuned")
+    assert not tuned.codec.quantizer.training
+    # In inference mode the quantizer outputs means: a training step decodes as the exported model does.
+    wav = tuned.valid_batch
+    bandwidth = tuned.codec.bandwidths[0]
+    with torch.no_grad():
+        expected = base.eval()(wav, base.stages(bandwidth)).wav
+        torch.testing.assert_close(tuned.codec(wav, tuned.codec.stages(bandwidth)).wav, expected)
+    tuned.fit()
+    assert not tuned.codec.quantizer.training and tuned.codec.encoder.training  # validation kept the modes
+    for name, module in (("encoder", "encoder"), ("quantizer", "quantizer"), ("decoder", "decoder")):
+        before, after = getattr(base, module).state_dict(), getattr(tuned.codec, module).state_dict()
+        unchanged = all(torch.equal(before[k], after[k]) for k in before)
+        assert unchanged == (name != part), name  # codebooks and their EMA statistics included
+    # Resume continues exactly.
+    Trainer(tiny_config(corpus, *overrides[:-1], "steps=2", "discriminator.start_step=2"), tmp_path / "cut").fit()
+    resumed = Trainer(tiny_config(corpus, *overrides, "discriminator.start_step=2"), tmp_path / "cut", resume=True)
+    resumed.fit()
+    a, b = weights(tuned), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_dir_and_resume_are_checked(tmp_path, corpus) -> None:
     (tmp_path / "afile").write_text("notes")
     with pytest.raises(NdvqError, match="afile: is a file, not a run directory"):
@@ -299,6 +327,9 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["data.batch_size=0"], "data.batch_size: must be at least 1, got 0"),
         (["data.num_workers=-1"], "data.num_workers: must be at least 0, got -1"),
         (["discriminator.filters=0"], "discriminator.filters: must be at least 1, got 0"),
+        (["finetune=[quantizer]", "init_from=x"], r"finetune: expected distinct parts among encoder, decoder"),
+        (["finetune=[encoder, encoder]", "init_from=x"], r"finetune: expected distinct parts"),
+        (["finetune=[encoder]"], r"finetune: needs a trained model to start from \(init_from\)"),
     ],
 )
 def test_config_errors(tmp_path, corpus, overrides: list[str], message: str) -> None:

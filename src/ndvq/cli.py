@@ -290,6 +290,14 @@ def _parser() -> argparse.ArgumentParser:
         "files are still encoded one at a time, so codes do not depend on it",
     )
     tokenize.add_argument("--workers", type=_count, default=1, help="worker processes, sharing the threads (default 1)")
+    tokenize.add_argument(
+        "--refine",
+        type=_steps,
+        default=0,
+        metavar="STEPS",
+        help="encode as compress --refine STEPS: codes that decode closer to the input, much slower (README, "
+        "Refinement; default 0: off); refined codes depend on the threads per worker",
+    )
     fit = commands.add_parser("fit-entropy", help="Fit a model's entropy tables.", description=_FIT_ENTROPY_HELP)
     fit.add_argument("model", help="model directory (or preset, with --out)")
     fit.add_argument("source", type=Path, help="training audio: a folder (recursively) or a manifest (.tsv)")
@@ -471,6 +479,7 @@ def _tokenize(args: argparse.Namespace, progress: bool) -> int:
             args.source,
             args.out_dir,
             args.bandwidth,
+            refine_steps=args.refine,
             batch_seconds=args.batch_seconds,
             workers=args.workers,
             rank=rank,

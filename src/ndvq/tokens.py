@@ -7,12 +7,15 @@ seconds, by their headers' durations), so the plan depends only on the source an
 
     shard-0000k.npy   every item's codes [C, n_q, frames], flattened and concatenated (int16, or int32
                       for codebooks above 32768 entries)
-    shard-0000k.json  model identity, bandwidth, stages, dtype; items (path, offset in elements, channels,
-                      stages, frames, seconds) and failures (path, reason)
+    shard-0000k.json  model identity, bandwidth, refine_steps, stages, dtype; items (path, offset in elements,
+                      channels, stages, frames, seconds) and failures (path, reason)
 
 Both are written under temporary names and renamed, the .json last: a shard is finished iff its .json
 exists, and a re-run skips finished shards. index.json (all items and failures) is written once every
 shard is finished; `load` reads the shard files and needs no index.
+
+With refinement (`refine_steps` > 0, ndvq.refine) the codes are those of `ndvq compress --refine` run with the
+same number of threads: refined codes depend on the summation order, hence on the thread count.
 """
 
 from collections.abc import Callable, Iterator
@@ -38,6 +41,7 @@ from ndvq.codec import Codec
 from ndvq.compress import codes_identity, encode_file
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
+from ndvq.refine import check_refine_steps
 
 T = TypeVar("T")
 
@@ -45,6 +49,17 @@ FORMAT = "ndvq-tokens"
 VERSION = 1
 DEFAULT_BATCH_SECONDS = 3600.0
 INDEX = "index.json"
+
+
+class Encoding(NamedTuple):
+    """How every file is encoded: the bitrate in kbps, and the encoder's refinement steps (0: none)."""
+
+    bandwidth: float
+    refine_steps: int = 0
+
+    def describe(self) -> str:
+        refined = f", refined with {self.refine_steps} steps" if self.refine_steps else ""
+        return f"{self.bandwidth:g} kbps{refined}"
 
 
 class Entry(NamedTuple):
@@ -156,6 +171,7 @@ def _is_shard(document: dict[str, Any]) -> bool:
 
     return (
         typed(document, fields)
+        and isinstance(document.get("refine_steps", 0), int)
         and all(typed(item, item_fields) for item in document["items"])
         and all(typed(failure, {"path": str, "reason": str}) for failure in document["failures"])
     )
@@ -166,15 +182,19 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
         temporary.write_text(json.dumps(document, indent=1) + "\n")
 
 
-def _finished(out_dir: Path, shards: list[list[Entry]], model: str, bandwidth: float) -> dict[int, dict[str, Any]]:
-    """The finished shards' documents by number, after checking each belongs to this model, bandwidth and plan."""
+def _encoding_of(document: dict[str, Any]) -> Encoding:
+    return Encoding(document["bandwidth"], document.get("refine_steps", 0))  # shards before refinement: none
+
+
+def _finished(out_dir: Path, shards: list[list[Entry]], model: str, encoding: Encoding) -> dict[int, dict[str, Any]]:
+    """The finished shards' documents by number, after checking each belongs to this model, encoding and plan."""
     finished = {}
     for path in sorted(out_dir.glob("shard-*.json")):
         document = _read_json(path)
-        if document["model"] != model or document["bandwidth"] != bandwidth:
+        if document["model"] != model or _encoding_of(document) != encoding:
             raise NdvqError(
-                f"{out_dir}: holds tokens of model {document['model']} at {document['bandwidth']:g} kbps, not of "
-                f"model {model} at {bandwidth:g} kbps; use another output directory"
+                f"{out_dir}: holds tokens of model {document['model']} at {_encoding_of(document).describe()}, not "
+                f"of model {model} at {encoding.describe()}; use another output directory"
             )
         k = document["shard"]
         listed = {item["path"] for item in document["items"] + document["failures"]}
@@ -188,14 +208,15 @@ def _finished(out_dir: Path, shards: list[list[Entry]], model: str, bandwidth: f
 
 
 def _make_shard(
-    codec: Codec, out_dir: Path, k: int, entries: list[Entry], bandwidth: float, report: Callable[[float], None]
+    codec: Codec, out_dir: Path, k: int, entries: list[Entry], encoding: Encoding, report: Callable[[float], None]
 ) -> dict[str, Any]:
     """Encode the shard's files one by one as `ndvq compress` does, then write its .npy and (last) its .json."""
     dtype = np.int16 if codec.codebook_size <= 32768 else np.int32
     items, failures, arrays, offset = [], [], [], 0
     for entry in entries:
         try:
-            header, codes = bitstream.read(encode_file(codec, entry.path, bandwidth), entry.relative, codec.entropy)
+            data = encode_file(codec, entry.path, encoding.bandwidth, refine_steps=encoding.refine_steps)
+            header, codes = bitstream.read(data, entry.relative, codec.entropy)
         except NdvqError as error:
             reason = str(error).splitlines()[0].removeprefix(f"{entry.path}: ")
             failures.append({"path": entry.relative, "reason": reason})
@@ -222,8 +243,9 @@ def _make_shard(
         "version": VERSION,
         "shard": k,
         "model": codes_identity(codec),
-        "bandwidth": bandwidth,
-        "stages": codec.stages(bandwidth),
+        "bandwidth": encoding.bandwidth,
+        "refine_steps": encoding.refine_steps,
+        "stages": codec.stages(encoding.bandwidth),
         "dtype": np.dtype(dtype).name,
         "items": items,
         "failures": failures,
@@ -244,8 +266,8 @@ def _start_worker(model: str, identity: str, threads: int, progress: Any) -> Non
     _worker.update(codec=codec, progress=progress)
 
 
-def _worker_shard(out_dir: Path, k: int, entries: list[Entry], bandwidth: float) -> dict[str, Any]:
-    return _make_shard(_worker["codec"], out_dir, k, entries, bandwidth, _worker["progress"].put)
+def _worker_shard(out_dir: Path, k: int, entries: list[Entry], encoding: Encoding) -> dict[str, Any]:
+    return _make_shard(_worker["codec"], out_dir, k, entries, encoding, _worker["progress"].put)
 
 
 def _in_pool(
@@ -253,7 +275,7 @@ def _in_pool(
     identity: str,
     todo: dict[int, list[Entry]],
     out_dir: Path,
-    bandwidth: float,
+    encoding: Encoding,
     workers: int,
     bar: tqdm,
 ) -> None:
@@ -268,7 +290,7 @@ def _in_pool(
         with ProcessPoolExecutor(
             workers, context, initializer=_start_worker, initargs=(str(model), identity, threads, progress)
         ) as pool:
-            pending: set[Future] = {pool.submit(_worker_shard, out_dir, k, e, bandwidth) for k, e in todo.items()}
+            pending: set[Future] = {pool.submit(_worker_shard, out_dir, k, e, encoding) for k, e in todo.items()}
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -286,6 +308,7 @@ def tokenize(
     out_dir: str | os.PathLike,
     bandwidth: float,
     *,
+    refine_steps: int = 0,
     batch_seconds: float = DEFAULT_BATCH_SECONDS,
     workers: int = 1,
     rank: int = 0,
@@ -297,7 +320,8 @@ def tokenize(
     `codec` is a model or a model directory / preset name. A shard holds about `batch_seconds` seconds of
     audio (it closes once its files reach that much); shard k belongs to rank k % world, whose shards go to
     `workers` processes (spawned, each loading the model with total threads // workers threads). Files are
-    never batched together: each is encoded alone, on the CPU, exactly as `ndvq compress` encodes it.
+    never batched together: each is encoded alone, on the CPU, exactly as `ndvq compress` encodes it (with
+    `refine_steps` as `ndvq compress --refine`; refined codes are equal at equal thread counts).
     A file that cannot be encoded (unreadable, too short, non-finite) is recorded as a failure. Finished
     shards are skipped. Under torch.distributed (world > 1), rank 0 writes index.json after a barrier.
     """
@@ -305,26 +329,28 @@ def tokenize(
     out_dir = Path(out_dir)
     loaded = codec if isinstance(codec, Codec) else Codec.load(codec)
     stages, model = loaded.stages(bandwidth), codes_identity(loaded)
+    check_refine_steps(refine_steps)
+    encoding = Encoding(bandwidth, refine_steps)
     shards = plan(source_files(source), batch_seconds)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise NdvqError(f"{out_dir}: cannot create ({error.strerror or error})") from None
-    finished = _finished(out_dir, shards, model, bandwidth)
+    finished = _finished(out_dir, shards, model, encoding)
     todo = {k: e for k, e in enumerate(shards) if k % world == rank and k not in finished}
     seconds = sum(entry.seconds for entries in todo.values() for entry in entries)
     with tqdm(total=round(seconds, 1), unit="s", disable=not progress, desc="tokenize") as bar:
         if workers > 1 and len(todo) > 1:
-            _in_pool(codec, model, todo, out_dir, bandwidth, min(workers, len(todo)), bar)
+            _in_pool(codec, model, todo, out_dir, encoding, min(workers, len(todo)), bar)
         else:
             for k, entries in todo.items():
-                _make_shard(loaded, out_dir, k, entries, bandwidth, bar.update)
+                _make_shard(loaded, out_dir, k, entries, encoding, bar.update)
     if world > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
-    documents = {**finished, **_finished(out_dir, shards, model, bandwidth)}
+    documents = {**finished, **_finished(out_dir, shards, model, encoding)}
     complete = len(documents) == len(shards)
     if complete and rank == 0:
-        _write_index(out_dir, source, model, bandwidth, stages, [documents[k] for k in range(len(shards))])
+        _write_index(out_dir, source, model, encoding, stages, [documents[k] for k in range(len(shards))])
     return Summary(
         out_dir=out_dir,
         shards=len(shards),
@@ -339,7 +365,7 @@ def tokenize(
 
 
 def _write_index(
-    out_dir: Path, source: str | os.PathLike, model: str, bandwidth: float, stages: int, documents: list[dict]
+    out_dir: Path, source: str | os.PathLike, model: str, encoding: Encoding, stages: int, documents: list[dict]
 ) -> None:
     items = [{"shard": d["shard"], **item} for d in documents for item in d["items"]]
     failures = [failure for d in documents for failure in d["failures"]]
@@ -348,7 +374,8 @@ def _write_index(
         "version": VERSION,
         "source": str(source),
         "model": model,
-        "bandwidth": bandwidth,
+        "bandwidth": encoding.bandwidth,
+        "refine_steps": encoding.refine_steps,
         "stages": stages,
         "shards": len(documents),
         "items": items,
@@ -361,7 +388,8 @@ class Tokens:
     """The tokens of a directory: iterate (relative path, codes [C, n_q, frames]), `len`, `in`, `tokens[path]`.
 
     Shards are memory-mapped when first used, so random access reads only what it returns. Codes are
-    read-only views in the shard's dtype (int16 or int32). `failures` lists (path, reason).
+    read-only views in the shard's dtype (int16 or int32). `failures` lists (path, reason); `model`, `bandwidth`,
+    `refine_steps` and `stages` say how the codes were made.
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
@@ -370,10 +398,11 @@ class Tokens:
         if not paths:
             raise NdvqError(f"{self.out_dir}: no token shards (shard-*.json) in this directory; run ndvq tokenize")
         documents = [_read_json(path) for path in paths]
-        if len({(d["model"], d["bandwidth"]) for d in documents}) > 1:
-            raise NdvqError(f"{self.out_dir}: its shards come from different models or bandwidths")
+        if len({(d["model"], _encoding_of(d)) for d in documents}) > 1:
+            raise NdvqError(f"{self.out_dir}: its shards come from different models, bandwidths or refinements")
         first = documents[0]
         self.model, self.bandwidth, self.stages = first["model"], first["bandwidth"], first["stages"]
+        self.refine_steps = _encoding_of(first).refine_steps
         self._items: dict[str, tuple[int, int, tuple[int, int, int]]] = {}
         for document in documents:
             for item in document["items"]:

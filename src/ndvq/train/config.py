@@ -14,6 +14,8 @@ from ndvq.modules.distances import MEL_SCALES
 from ndvq.presets import PRESETS
 from ndvq.train.data import check_speed
 
+FINETUNE_PARTS = ("encoder", "decoder")
+
 
 @dataclass
 class DataConfig:
@@ -67,6 +69,9 @@ class TrainConfig:
     quantizer: str = "ndvq"  # "ndvq" or "rvq": the one switch of an A/B run
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
     init_from: str = ""  # a model directory (`ndvq export`) or shipped model of the same architecture to start from
+    # Parts trained alone ("encoder", "decoder"; empty: the whole codec). The rest stays fixed, and the quantizer
+    # works as at inference: means, not samples, and no codebook updates. Needs init_from (or a resume).
+    finetune: tuple[str, ...] = ()
     steps: int = 500_000
     cooldown_steps: int = 0  # the learning rate falls linearly to zero over the last this many of `steps`
     cpu_hours: float = 0.0  # stop (validate and checkpoint) once this process has used this much CPU; 0: no limit
@@ -111,6 +116,12 @@ class TrainConfig:
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         check_speed(self.data.speed)
+        unknown_parts = [part for part in self.finetune if part not in FINETUNE_PARTS]
+        if unknown_parts or len(set(self.finetune)) != len(self.finetune):
+            parts = ", ".join(FINETUNE_PARTS)
+            raise NdvqError(f"finetune: expected distinct parts among {parts}, got {list(self.finetune)}")
+        if self.finetune and not self.init_from:
+            raise NdvqError("finetune: needs a trained model to start from (init_from)")
         if self.cpu_hours < 0:
             raise NdvqError("cpu_hours: must be 0 (no limit) or positive")
         for name in ("steps", "log_every", "valid_every", "checkpoint_every", "keep_checkpoints"):

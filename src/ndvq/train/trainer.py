@@ -49,12 +49,13 @@ RESUMABLE_CHANGES = {
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """Adam with decoupled weight decay (AdamW, as fairseq's Adam in the authors' recipe), none on codebooks."""
+    """Adam with decoupled weight decay (AdamW, as fairseq's Adam in the authors' recipe), none on codebooks.
+    Parameters that need no gradient (fixed by `finetune`) are left out."""
     codebooks = {id(p) for m in model.modules() if isinstance(m, ResidualQuantizer) for p in m.codebooks.parameters()}
-    decayed = [p for p in model.parameters() if id(p) not in codebooks]
+    trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": decayed},
-        {"params": [p for p in model.parameters() if id(p) in codebooks], "weight_decay": 0.0},
+        {"params": [p for p in trained if id(p) not in codebooks]},
+        {"params": [p for p in trained if id(p) in codebooks], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
 
@@ -100,7 +101,15 @@ class Trainer:
         self.codec = Codec(codec_config)
         if config.init_from and not resume:
             self._warm_start(config.init_from)
-        self.codec.to(self.device).train()
+        if config.finetune:
+            for name, part in (
+                ("encoder", self.codec.encoder),
+                ("quantizer", self.codec.quantizer),
+                ("decoder", self.codec.decoder),
+            ):
+                part.requires_grad_(name in config.finetune)
+        self.codec.to(self.device)
+        self._train_mode()
         self.discriminator = MultiScaleSTFTDiscriminator(config.discriminator.scales, config.discriminator.filters)
         self.discriminator.to(self.device).train()
         self.model = self.codec
@@ -165,6 +174,12 @@ class Trainer:
             self.codec.decoder.pass_through(first=source.config.decoder_layers)
             log.info("deepened the decoder by %d blocks (starting as identities)", added)
         log.info("starting from the weights of %s", model_dir)
+
+    def _train_mode(self) -> None:
+        """Training mode; when fine-tuning, the quantizer stays in inference mode (means, fixed codebooks)."""
+        self.codec.train()
+        if self.config.finetune:
+            self.codec.quantizer.eval()
 
     def _validation_batch(self) -> torch.Tensor:
         data = self.config.data
@@ -398,7 +413,7 @@ class Trainer:
         latent, _ = self.codec.latent(self.valid_batch)
         results["valid/latent_rms"] = latent.pow(2).mean().sqrt().item()
         results.update(spread_statistics(self.codec.quantizer, latent, output.codes))
-        self.codec.train()
+        self._train_mode()
         self.logger.scalars(self.step, results)
         middle = f"{bandwidths[len(bandwidths) // 2]:g}kbps"
         summary = ", ".join(
