@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 import ndvq
-from ndvq import Codec, NdvqError
+from ndvq import Codec, NdvqError, refine
 from ndvq.cli import DEFAULT_MODEL, main
 from ndvq.eval.metrics import score
 from ndvq.refine import VERSION as REFINE_VERSION
@@ -80,6 +80,17 @@ def test_refinement_improves_the_shipped_model_on_speech(speech) -> None:
     assert values[30]["pesq_wb"] > values[0]["pesq_wb"] + 0.05
     assert values[30]["mel_distance"] < values[0]["mel_distance"]
     assert values[30]["stoi"] > values[0]["stoi"] - 0.005
+
+
+def test_entropy_coded_refinement_weighs_the_rate(speech, monkeypatch) -> None:
+    """With entropy coding the objective adds RATE_WEIGHT x the expected kbps: a heavier weight, a smaller file."""
+    codec = Codec.load(DEFAULT_MODEL)
+    wav, rate = speech
+    sizes = {}
+    for weight in (0.0, 1.0):
+        monkeypatch.setattr(refine, "RATE_WEIGHT", weight)
+        sizes[weight] = len(ndvq.compress(codec, wav, rate, 6.0, entropy=True, refine_steps=20))
+    assert sizes[1.0] < 0.97 * sizes[0.0]
 
 
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:

@@ -6,6 +6,10 @@ that the decode of its quantization (gradients straight through the quantizer) c
 terms of the training's objective, the multi-scale mel loss and PESQ's disturbance, at weights 1 and 1. Only the
 encoder's choice changes: the codes mean what they meant, the decoder and the bitstream are the same, and any ndvq
 reads the file. Each step costs a decoder pass forward and backward over the window being encoded.
+
+When the codes are entropy-coded with a rate-aware assignment, the objective adds RATE_WEIGHT x the rate in kbps,
+its expectation under the assignment's posterior (ResidualQuantizer.expected_cost of the code lengths), so that the
+latent does not drift towards codes that cost more bits than the quality they buy.
 """
 
 from collections.abc import Callable
@@ -18,7 +22,10 @@ from ndvq.errors import NdvqError
 from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLoss
 
 LEARNING_RATE = 0.01  # Adam on the latent; the encoder's latents have a standard deviation of about 1
-VERSION = 2  # of the refined codes, for caches of results (ndvq eval); 2: decodes with the file's assignment
+VERSION = 3  # of the refined codes, for caches of results (ndvq eval); 2: the file's assignment; 3: rate term
+# Objective units per kbps. At 0.01 refinement keeps the rate of the unrefined encoder (3.99 kbps in the file at
+# nominal 6 against 3.81; 5.90 without the term) and most of its gain (docs/ndvq-that-learns.md, session 27).
+RATE_WEIGHT = 0.01
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 
 
@@ -48,9 +55,10 @@ def refine_latent(
     synthesise: Callable[[torch.Tensor], torch.Tensor],
     sample_rate: int,
     steps: int,
+    rate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """`steps` Adam steps on latent [B, D, F] towards RefinementObjective(synthesise(latent), target) -> the refined
-    latent.
+    """`steps` Adam steps on latent [B, D, F] towards RefinementObjective(synthesise(latent), target), plus
+    RATE_WEIGHT x rate(latent) when `rate` (kbps, differentiable in the latent) is given -> the refined latent.
 
     synthesise maps a latent to wav [B, 1, >= T] (decoder of the quantized latent, differentiable in the latent);
     target is wav [B, 1, T] at `sample_rate`, as the encoder saw it. Parameters of the modules involved get no
@@ -65,6 +73,8 @@ def refine_latent(
         optimiser = torch.optim.Adam([latent], lr=LEARNING_RATE)
         for _ in range(steps):
             loss = objective(synthesise(latent)[..., :length], target)
+            if rate is not None:
+                loss = loss + RATE_WEIGHT * rate(latent)
             (latent.grad,) = torch.autograd.grad(loss, [latent])
             optimiser.step()
     return latent.detach()
