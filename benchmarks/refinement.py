@@ -1,13 +1,13 @@
 """Encoder refinement (`ndvq compress --refine STEPS`): quality and encoding time against the number of steps.
 
     python benchmarks/refinement.py MANIFEST [--model speech-16k] [--files 12] [-b 1.5 6] [--steps 0 25 50 100 200]
-        [--threads 1] [--plot docs/refinement-steps.png] [--rate-weights 0 0.01 0.05]
+        [--threads 1] [--plot docs/refinement-steps.png] [--refine-rate-weights 0 0.01 0.05]
 
 For files taken at equal steps through a manifest (those of 1 s or more), each bitrate and each step count: the
 file coded through `ndvq.compress` (bit-packed, so that only the codes differ) and decoded, scored against the
 input as `ndvq eval` scores NDVQ (PESQ-wb, STOI, mel distance), and the encoding time as a real-time factor
 (seconds of compute per second of audio). Prints the means; --plot draws PESQ-wb and STOI against the steps.
-With --rate-weights the files are entropy-coded instead (the model's rate-aware assignment), refined with
+With --refine-rate-weights the files are entropy-coded instead (the model's rate-aware assignment), refined with
 ndvq.refine.RATE_WEIGHT set to each weight in turn, and the table adds the kbps in the file.
 """
 
@@ -62,12 +62,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 25, 50, 100, 200])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", type=Path, help="PNG to draw")
-    parser.add_argument("--rate-weights", type=float, nargs="+", help="entropy-code, refining at each RATE_WEIGHT")
+    parser.add_argument(
+        "--refine-rate-weights", type=float, nargs="+", help="entropy-code, refining at each refine.RATE_WEIGHT"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
     files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
-    lines = [(bitrate, weight) for bitrate in args.bandwidth for weight in (args.rate_weights or [None])]
+    lines = [(bitrate, weight) for bitrate in args.bandwidth for weight in (args.refine_rate_weights or [None])]
     rows: dict[Key, list[dict[str, float]]] = {}
     for path in files:
         wav, rate = read_audio(path)

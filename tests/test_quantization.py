@@ -103,6 +103,16 @@ def test_expected_cost_follows_the_assignment_and_its_gradient_lowers_it(make) -
 
     torch.testing.assert_close(quantizer.expected_cost(z, 3, flat), torch.tensor(30.0))
     assert seen[0] is None and torch.equal(seen[2], codes[:, 1].reshape(-1))
+    # With an assignment bias, the contexts are the biased assignment's codes.
+    prior = torch.randn(3, 16) * 3
+
+    def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
+        return prior[stage]
+
+    biased, seen = quantizer.encode(z, 3, bias), []
+    assert not torch.equal(biased, codes)
+    quantizer.expected_cost(z, 3, flat, bias)
+    assert torch.equal(seen[1], biased[:, 0].reshape(-1)) and torch.equal(seen[2], biased[:, 1].reshape(-1))
     bits = torch.arange(16.0)
     z = z.clone().requires_grad_(True)
     cost = quantizer.expected_cost(z, 3, lambda stage, previous: bits)

@@ -86,11 +86,13 @@ def test_entropy_coded_refinement_weighs_the_rate(speech, monkeypatch) -> None:
     """With entropy coding the objective adds RATE_WEIGHT x the expected kbps: a heavier weight, a smaller file."""
     codec = Codec.load(DEFAULT_MODEL)
     wav, rate = speech
-    sizes = {}
+    sizes, packed = {}, {}
     for weight in (0.0, 1.0):
         monkeypatch.setattr(refine, "RATE_WEIGHT", weight)
         sizes[weight] = len(ndvq.compress(codec, wav, rate, 6.0, entropy=True, refine_steps=20))
+        packed[weight] = ndvq.compress(codec, wav, rate, 6.0, entropy=False, refine_steps=5)
     assert sizes[1.0] < 0.97 * sizes[0.0]
+    assert packed[0.0] == packed[1.0]  # bit-packed: no rate-aware assignment, no rate term
 
 
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:

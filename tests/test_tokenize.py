@@ -17,6 +17,7 @@ from ndvq import bitstream, tokens
 from ndvq.cli import main
 from ndvq.compress import encode_file
 from ndvq.errors import NdvqError
+from ndvq.refine import VERSION as REFINE_VERSION
 
 BANDWIDTH = 4.0
 
@@ -163,8 +164,9 @@ def test_refined_codes_equal_compress_refine_and_are_recorded(tmp_path, corpus, 
     assert_codes(out, refined)
     plain = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth))[1] for p in paths}
     assert any(not np.array_equal(refined[p], plain[p]) for p in paths)  # refinement changed codes
-    assert index(out)["refine_steps"] == 5 and tokens.load(out).refine_steps == 5
-    message = f"{out}: holds tokens of model .* at 8 kbps, refined with 5 steps, not of model .* at 8 kbps;"
+    assert (index(out)["refine_steps"], index(out)["refine_version"]) == (5, REFINE_VERSION)
+    assert tokens.load(out).refine_steps == 5
+    message = rf"{out}: holds tokens of model .* at 8 kbps, refined with 5 steps \(v{REFINE_VERSION}\), not of model"
     with pytest.raises(NdvqError, match=message):
         tokens.tokenize(tiny, corpus, out, bandwidth, batch_seconds=0.01)
     with pytest.raises(NdvqError, match="refine steps: expected a whole number of 0 or more, got -1"):

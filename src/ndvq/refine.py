@@ -24,7 +24,7 @@ from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLos
 LEARNING_RATE = 0.01  # Adam on the latent; the encoder's latents have a standard deviation of about 1
 VERSION = 3  # of the refined codes, for caches of results (ndvq eval); 2: the file's assignment; 3: rate term
 # Objective units per kbps. At 0.01 refinement keeps the rate of the unrefined encoder (3.99 kbps in the file at
-# nominal 6 against 3.81; 5.90 without the term) and most of its gain (docs/ndvq-that-learns.md, session 27).
+# nominal 6 against 3.81; 5.84 without the term) and most of its gain (docs/ndvq-that-learns.md, session 27).
 RATE_WEIGHT = 0.01
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 

@@ -7,8 +7,8 @@ seconds, by their headers' durations), so the plan depends only on the source an
 
     shard-0000k.npy   every item's codes [C, n_q, frames], flattened and concatenated (int16, or int32
                       for codebooks above 32768 entries)
-    shard-0000k.json  model identity, bandwidth, refine_steps, stages, dtype; items (path, offset in elements,
-                      channels, stages, frames, seconds) and failures (path, reason)
+    shard-0000k.json  model identity, bandwidth, refine_steps and refine_version, stages, dtype; items (path,
+                      offset in elements, channels, stages, frames, seconds) and failures (path, reason)
 
 Both are written under temporary names and renamed, the .json last: a shard is finished iff its .json
 exists, and a re-run skips finished shards. index.json (all items and failures) is written once every
@@ -41,6 +41,7 @@ from ndvq.codec import Codec
 from ndvq.compress import codes_identity, encode_file
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
+from ndvq.refine import VERSION as REFINE_VERSION
 from ndvq.refine import check_refine_steps
 
 T = TypeVar("T")
@@ -52,13 +53,15 @@ INDEX = "index.json"
 
 
 class Encoding(NamedTuple):
-    """How every file is encoded: the bitrate in kbps, and the encoder's refinement steps (0: none)."""
+    """How every file is encoded: the bitrate in kbps, the encoder's refinement steps (0: none) and, if refined,
+    the refinement's version (ndvq.refine.VERSION; 0 when not refined)."""
 
     bandwidth: float
     refine_steps: int = 0
+    refine_version: int = 0
 
     def describe(self) -> str:
-        refined = f", refined with {self.refine_steps} steps" if self.refine_steps else ""
+        refined = f", refined with {self.refine_steps} steps (v{self.refine_version})" if self.refine_steps else ""
         return f"{self.bandwidth:g} kbps{refined}"
 
 
@@ -171,7 +174,10 @@ def _is_shard(document: dict[str, Any]) -> bool:
 
     return (
         typed(document, fields)
-        and isinstance(document.get("refine_steps", 0), int)
+        and all(
+            type(document.get(key, 0)) is int and document.get(key, 0) >= 0
+            for key in ("refine_steps", "refine_version")
+        )
         and all(typed(item, item_fields) for item in document["items"])
         and all(typed(failure, {"path": str, "reason": str}) for failure in document["failures"])
     )
@@ -183,7 +189,8 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def _encoding_of(document: dict[str, Any]) -> Encoding:
-    return Encoding(document["bandwidth"], document.get("refine_steps", 0))  # shards before refinement: none
+    # Shards made before refinement have neither key; refined ones made before its version was recorded read as v0.
+    return Encoding(document["bandwidth"], document.get("refine_steps", 0), document.get("refine_version", 0))
 
 
 def _finished(out_dir: Path, shards: list[list[Entry]], model: str, encoding: Encoding) -> dict[int, dict[str, Any]]:
@@ -245,6 +252,7 @@ def _make_shard(
         "model": codes_identity(codec),
         "bandwidth": encoding.bandwidth,
         "refine_steps": encoding.refine_steps,
+        "refine_version": encoding.refine_version,
         "stages": codec.stages(encoding.bandwidth),
         "dtype": np.dtype(dtype).name,
         "items": items,
@@ -279,7 +287,8 @@ def _in_pool(
     workers: int,
     bar: tqdm,
 ) -> None:
-    """The shards on `workers` spawned processes, each with its share of this process's threads."""
+    """The shards on `workers` spawned processes (fewer where fewer shards are left), each with a `workers`-th
+    of this process's threads: the same however many shards are left, as refined codes depend on it."""
     with tempfile.TemporaryDirectory(prefix="ndvq-model-") as saved:
         if isinstance(model, Codec):
             model.save(saved)
@@ -288,7 +297,10 @@ def _in_pool(
         progress = context.Queue()
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(
-            workers, context, initializer=_start_worker, initargs=(str(model), identity, threads, progress)
+            min(workers, len(todo)),
+            context,
+            initializer=_start_worker,
+            initargs=(str(model), identity, threads, progress),
         ) as pool:
             pending: set[Future] = {pool.submit(_worker_shard, out_dir, k, e, encoding) for k, e in todo.items()}
             while pending:
@@ -330,7 +342,7 @@ def tokenize(
     loaded = codec if isinstance(codec, Codec) else Codec.load(codec)
     stages, model = loaded.stages(bandwidth), codes_identity(loaded)
     check_refine_steps(refine_steps)
-    encoding = Encoding(bandwidth, refine_steps)
+    encoding = Encoding(bandwidth, refine_steps, REFINE_VERSION if refine_steps else 0)
     shards = plan(source_files(source), batch_seconds)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,8 +352,8 @@ def tokenize(
     todo = {k: e for k, e in enumerate(shards) if k % world == rank and k not in finished}
     seconds = sum(entry.seconds for entries in todo.values() for entry in entries)
     with tqdm(total=round(seconds, 1), unit="s", disable=not progress, desc="tokenize") as bar:
-        if workers > 1 and len(todo) > 1:
-            _in_pool(codec, model, todo, out_dir, encoding, min(workers, len(todo)), bar)
+        if workers > 1 and todo:
+            _in_pool(codec, model, todo, out_dir, encoding, workers, bar)
         else:
             for k, entries in todo.items():
                 _make_shard(loaded, out_dir, k, entries, encoding, bar.update)
@@ -376,6 +388,7 @@ def _write_index(
         "model": model,
         "bandwidth": encoding.bandwidth,
         "refine_steps": encoding.refine_steps,
+        "refine_version": encoding.refine_version,
         "stages": stages,
         "shards": len(documents),
         "items": items,

@@ -70,7 +70,7 @@ class TrainConfig:
     codec: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's CodecConfig fields
     init_from: str = ""  # a model directory (`ndvq export`) or shipped model of the same architecture to start from
     # Parts trained alone ("encoder", "decoder"; empty: the whole codec). The rest stays fixed, and the quantizer
-    # works as at inference: means, not samples, and no codebook updates. Needs init_from (or a resume).
+    # works as at inference: means, not samples, and no codebook updates. Needs init_from.
     finetune: tuple[str, ...] = ()
     steps: int = 500_000
     cooldown_steps: int = 0  # the learning rate falls linearly to zero over the last this many of `steps`
