@@ -223,10 +223,10 @@ class Codec(nn.Module):
 
         rate = None
         if refine_steps and bias is not None:  # entropy-coded: refinement weighs the rate too
-            bits, frames_per_second = self._log_prior_terms(-1 / math.log(2)), self.sample_rate / hop
+            bits = self._log_prior_terms(-1 / math.log(2))
 
             def rate(latent: torch.Tensor) -> torch.Tensor:  # kbps, expected under the assignment's posterior
-                return self.quantizer.expected_cost(latent, n_q, bits, bias) * frames_per_second / 1000
+                return self.quantizer.expected_cost(latent, n_q, bits, bias) * self.frame_rate / 1000
 
         def encode_window(window: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

@@ -102,12 +102,8 @@ class Trainer:
         if config.init_from and not resume:
             self._warm_start(config.init_from)
         if config.finetune:
-            for name, part in (
-                ("encoder", self.codec.encoder),
-                ("quantizer", self.codec.quantizer),
-                ("decoder", self.codec.decoder),
-            ):
-                part.requires_grad_(name in config.finetune)
+            for part in ("encoder", "quantizer", "decoder"):
+                getattr(self.codec, part).requires_grad_(part in config.finetune)
         self.codec.to(self.device)
         self._train_mode()
         self.discriminator = MultiScaleSTFTDiscriminator(config.discriminator.scales, config.discriminator.filters)
