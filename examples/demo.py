@@ -53,8 +53,8 @@ def main() -> None:
             "training data (held-out figures: docs/models/speech-16k.md)"
         )
     if codec.entropy is not None:  # what `ndvq compress` does by default with such a model
-        weight = codec.entropy.rate_weight
-        print(f"files: entropy-coded with the model's tables, rate-aware assignment at weight {weight:g}")
+        weights = ", ".join(f"{codec.entropy.rate_weight_at(codec.stages(float(b))):g} at {b}" for b in BITRATES)
+        print(f"files: entropy-coded with the model's tables, rate-aware assignment at weight {weights} kbps")
     if args.model in PRESETS and not Path(args.model).is_dir():
         print("note: an untrained preset: the decoded audio will not resemble the input")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]

@@ -133,9 +133,11 @@ def test_rate_aware_assignment_trades_bits_for_fidelity(rate_fitted: Codec, spee
         decoded = decompress(data, codec)[0]
         assert np.allclose(decoded, expected[0].numpy()[:, : wav.shape[1]], atol=1e-4)
     assert bits[0] > bits[1] > bits[2] > bits[3]
-    # --entropy without a weight uses the tables' own (30), so the default file is the weight-30 one.
+    # --entropy without a weight uses the tables' own (30) from 12 stages up, in proportion below: tiny codes
+    # 8 kbps in 4 stages, so its default file is the weight-10 one.
+    assert codec.stages(8.0) == 4 and entropy.rate_weight_at(4) == 10.0 and entropy.rate_weight_at(24) == 30.0
     assert compress(codec, wav, rate, 8.0, entropy=True) == compress(
-        codec, wav, rate, 8.0, entropy=True, rate_weight=30
+        codec, wav, rate, 8.0, entropy=True, rate_weight=10.0
     )
     with pytest.raises(NdvqError, match="needs the model's entropy tables"):
         compress(Codec.from_preset("tiny"), wav, rate, 8.0, rate_weight=10.0)

@@ -250,8 +250,9 @@ def _parser() -> argparse.ArgumentParser:
                 type=float,
                 metavar="W",
                 help="when entropy-coding: rate-aware assignment, log-likelihood + W x log prior "
-                "(default: the weight the tables were fitted for; 0: the most likely codes, the audio of "
-                "--no-entropy, which tables fitted for another weight may code in more bits than --no-entropy)",
+                "(default: the weight the tables were fitted for, in proportion under 12 stages; 0: the most "
+                "likely codes, the audio of --no-entropy, which tables fitted for another weight may code in more "
+                "bits than --no-entropy)",
             )
             command.add_argument(
                 "--refine",

@@ -24,6 +24,7 @@ from ndvq.audio import (
     write_bytes,
 )
 from ndvq.codec import Codec, signal_scale
+from ndvq.entropy import FULL_WEIGHT_STAGES
 from ndvq.errors import NdvqError
 from ndvq.refine import check_refine_steps
 
@@ -105,19 +106,20 @@ def _encode(
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
     (entropy-coded with the model's tables when `entropy`; None: when the model has tables). `rate_weight` (see
-    Codec.encode_blocks) defaults to the tables' own when entropy-coding, else 0; `refine_steps` (ndvq.refine) to 0."""
+    Codec.encode_blocks) defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps`
+    (ndvq.refine) to 0."""
     if entropy is None:
         entropy = codec.entropy is not None
     if entropy and codec.entropy is None:
         raise NdvqError("--entropy: this model has no entropy tables (make them with `ndvq fit-entropy`)")
-    if rate_weight is None:
-        rate_weight = codec.entropy.rate_weight if entropy else 0.0
     if channels > bitstream.MAX_CHANNELS:
         raise NdvqError(f"{name}: {channels} channels, at most {bitstream.MAX_CHANNELS} are supported")
     low, high = bitstream.SAMPLE_RATES
     if not low <= sample_rate <= high:
         raise NdvqError(f"{name}: sample rate {sample_rate} Hz, not between {low} and {high} Hz")
     n_q = codec.stages(bandwidth)
+    if rate_weight is None:
+        rate_weight = codec.entropy.rate_weight_at(n_q) if entropy else 0.0
     check_refine_steps(refine_steps)
     scale, length = _scale_and_length(codec, read(), sample_rate, channels, name)
     if float(scale.max()) > bitstream.MAX_SCALE:
@@ -145,10 +147,11 @@ def _encode(
 
 def codes_identity(codec: Codec) -> str:
     """What decides the codes `compress` writes by default, for caches of codes or results: the model's
-    fingerprint and, where it has entropy tables, theirs and their rate weight (rate-aware assignment)."""
+    fingerprint and, where it has entropy tables, theirs, their rate weight and the stage count from which
+    rate-aware assignment uses all of it (EntropyModel.rate_weight_at)."""
     if codec.entropy is None:
         return codec.identity().hex()
-    return f"{codec.identity(True).hex()}-w{codec.entropy.rate_weight:g}"
+    return f"{codec.identity(True).hex()}-w{codec.entropy.rate_weight:g}-full{FULL_WEIGHT_STAGES}"
 
 
 def compress(
@@ -163,7 +166,8 @@ def compress(
 ) -> bytes:
     """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`
     (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
-    version 2), and assigned with the tables' rate weight unless `rate_weight` is given (0: the most likely
+    version 2), and assigned with the tables' rate weight (scaled down under 12 stages, EntropyModel.rate_weight_at)
+    unless `rate_weight` is given (0: the most likely
     codes; see Codec.encode_blocks); without, bit-packed (format version 1). `refine_steps` > 0: the encoder's
     latent is refined by analysis by synthesis (ndvq.refine), slower, the same decoder."""
     wav = check_audio(wav, "input")

@@ -31,6 +31,10 @@ GROUPS = 32
 # code costs at least log2(128/127) bits and a payload of P bytes holds at most about 710 P codes.
 MIN_OTHERS = TOTAL // 128
 MAX_SYMBOLS_PER_BYTE = 800
+# Rate-aware assignment's default weight is the tables' own from this many stages up and in proportion below:
+# later stages correct what a rate-biased choice costs, and with few stages there is little after it
+# (docs/ndvq-that-learns.md, session 30).
+FULL_WEIGHT_STAGES = 12
 UNIFORM_SHARE = 1 / 64
 BACKOFF = 128.0  # frames' worth of a stage's overall frequencies added to each of its context's counts
 HOLDOUT_EVERY = 5  # fit: one block in 5 is held out to choose each stage's model
@@ -100,6 +104,10 @@ class EntropyModel:
     @property
     def stages(self) -> int:
         return self.tables.shape[0]
+
+    def rate_weight_at(self, stages: int) -> float:
+        """The default rate weight for coding `stages` stages: rate_weight x min(1, stages / FULL_WEIGHT_STAGES)."""
+        return self.rate_weight * min(1.0, stages / FULL_WEIGHT_STAGES)
 
     @property
     def codebook_size(self) -> int:
