@@ -166,10 +166,10 @@ def compress(
 ) -> bytes:
     """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`
     (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
-    version 2), and assigned with the tables' rate weight (scaled down under 12 stages, EntropyModel.rate_weight_at)
-    unless `rate_weight` is given (0: the most likely
-    codes; see Codec.encode_blocks); without, bit-packed (format version 1). `refine_steps` > 0: the encoder's
-    latent is refined by analysis by synthesis (ndvq.refine), slower, the same decoder."""
+    version 2), and assigned with the tables' rate weight, scaled down under 12 stages (EntropyModel.rate_weight_at),
+    unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks); without, bit-packed (format
+    version 1). `refine_steps` > 0: the encoder's latent is refined by analysis by synthesis (ndvq.refine), slower,
+    the same decoder."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
