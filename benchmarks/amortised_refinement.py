@@ -6,7 +6,7 @@ session 31.)
 
 Refinement (src/ndvq/refine.py) finds, per input, a latent that decodes better than the encoder's. This distils
 it: random 1 s crops of TRAIN (and 96 of VALID) are RMS-normalised and refined at -b kbps with the library's
-objective (targets cached in DIR as safetensors: about 0.5 s of one thread per crop and 16 refinement steps);
+objective (targets cached in DIR as safetensors, per model: about 1.5 s of one thread per crop at 50 steps);
 then the encoder, with --post-blocks residual ConvNeXt blocks appended at the latent rate (their output zeroed
 at the start, so step 0 is the model), is trained by Adam (encoder lr 1e-4, blocks 1e-3, cosine to zero) to
 output the refined latents, batches of 16 crops, loss |z - z*|^2 / |z0 - z*|^2 (1 at the start, 0 when it
@@ -138,7 +138,7 @@ def main() -> None:
     codec = Codec.load(args.model).eval()
     n_q = codec.stages(args.bandwidth)
     args.work.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.bandwidth:g}kbps-{args.refine_steps}steps"
+    tag = f"{codec.identity().hex()[:16]}-{args.bandwidth:g}kbps-{args.refine_steps}steps"
     steps, work = args.refine_steps, args.work
     train = targets(codec, args.train, args.crops, 2, n_q, steps, work / f"train-{args.crops}-{tag}.st")
     valid = targets(codec, args.valid, VALID_CROPS, 1, n_q, steps, work / f"valid-{tag}.st")
@@ -158,7 +158,9 @@ def main() -> None:
     if args.post_blocks:
         groups.append({"params": blocks.parameters(), "lr": 1e-3})
     optimiser = torch.optim.Adam(groups)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / args.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(args.steps, 1)))
+    )
     generator = torch.Generator().manual_seed(0)
     started = time.time()
     for step in range(1, args.steps + 1):
