@@ -17,6 +17,7 @@ bit-packed, by the model's encoder and by the trained one, and scored: means and
 
 import argparse
 import copy
+from functools import partial
 import math
 from pathlib import Path
 import random
@@ -69,27 +70,19 @@ def crops(codec: Codec, manifest: Path, count: int, seed: int) -> torch.Tensor:
     return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-5)
 
 
-def synthesiser(codec: Codec, n_q: int):
-    def synthesise(latent: torch.Tensor) -> torch.Tensor:  # the decode of latent's codes, straight through
-        with torch.no_grad():
-            quantized = codec.quantizer.decode(codec.quantizer.encode(latent, n_q))
-        return codec.decoder(latent + (quantized - latent).detach())
-
-    return synthesise
-
-
 def targets(codec: Codec, manifest: Path, count: int, seed: int, n_q: int, steps: int, path: Path) -> dict:
     """Crops, their encoder latents z0 and refined latents z, cached at `path`."""
     if path.exists():
         return safetensors.torch.load_file(path)
     x = crops(codec, manifest, count, seed)
     z0, z = [], []
+    synthesise = partial(codec.decode_straight_through, n_q=n_q)
     started = time.time()
     for i in range(0, len(x), BATCH):
         with torch.no_grad():
             latent, _ = codec.latent(x[i : i + BATCH])
         z0.append(latent)
-        z.append(refine_latent(latent, x[i : i + BATCH], synthesiser(codec, n_q), codec.sample_rate, steps))
+        z.append(refine_latent(latent, x[i : i + BATCH], synthesise, codec.sample_rate, steps))
         print(f"  refined {i + len(latent)}/{len(x)} crops of {manifest} ({time.time() - started:.0f} s)", flush=True)
     tensors = {"x": x, "z0": torch.cat(z0), "z": torch.cat(z)}
     safetensors.torch.save_file(tensors, path)
@@ -101,7 +94,7 @@ def distance_ratio(z: torch.Tensor, data: dict) -> torch.Tensor:
 
 
 def objective_of(codec: Codec, z: torch.Tensor, x: torch.Tensor, n_q: int) -> float:
-    objective, synthesise = RefinementObjective(codec.sample_rate), synthesiser(codec, n_q)
+    objective, synthesise = RefinementObjective(codec.sample_rate), partial(codec.decode_straight_through, n_q=n_q)
     with torch.no_grad():
         values = [objective(synthesise(z[i : i + 32]), x[i : i + 32]) for i in range(0, len(x), 32)]
     return float(torch.stack(values).mean())

@@ -172,6 +172,13 @@ class Codec(nn.Module):
         scale = rms_scale(wav)
         return self.encoder(self._pad(wav / scale)), scale
 
+    def decode_straight_through(self, latent: torch.Tensor, n_q: int, bias: StageBias | None = None) -> torch.Tensor:
+        """Latent [B, dimension, F] -> the normalised decode [B, 1, F x hop] of its codes through n_q stages, with
+        gradients straight through the quantizer to the latent (what refinement optimises; ndvq.refine)."""
+        with torch.no_grad():
+            quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q, bias))
+        return self.decoder(latent + (quantized - latent).detach())
+
     # --- inference -------------------------------------------------------------------------------
     def encode(
         self,
@@ -216,10 +223,8 @@ class Codec(nn.Module):
         bias = self._rate_bias(rate_weight) if rate_weight else None
         check_refine_steps(refine_steps)
 
-        def synthesise(latent: torch.Tensor) -> torch.Tensor:  # the decode of latent's codes, straight through
-            with torch.no_grad():
-                quantized = self.quantizer.decode(self.quantizer.encode(latent, n_q, bias))
-            return self.decoder(latent + (quantized - latent).detach())
+        def synthesise(latent: torch.Tensor) -> torch.Tensor:
+            return self.decode_straight_through(latent, n_q, bias)
 
         rate = None
         if refine_steps and bias is not None:  # entropy-coded: refinement weighs the rate too
