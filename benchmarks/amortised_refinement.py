@@ -31,8 +31,10 @@ import torch.nn.functional as F
 
 from ndvq import Codec
 from ndvq.audio import mono_at, read_audio
+from ndvq.codec import rms_scale
 from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
+from ndvq.refine import VERSION as REFINE_VERSION
 from ndvq.refine import RefinementObjective, refine_latent
 
 CROP_SECONDS, BATCH, VALID_CROPS = 1.0, 16, 96
@@ -67,7 +69,7 @@ def crops(codec: Codec, manifest: Path, count: int, seed: int) -> torch.Tensor:
             start = rng.randrange(len(wav) - length + 1)
             out.append(torch.from_numpy(np.ascontiguousarray(wav[start : start + length])))
     x = torch.stack(out)[:, None]
-    return x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-5)
+    return x / rms_scale(x)
 
 
 def targets(codec: Codec, manifest: Path, count: int, seed: int, n_q: int, steps: int, path: Path) -> dict:
@@ -106,9 +108,8 @@ def score_test(codec: Codec, manifest: Path, bandwidth: float) -> list[dict[str,
         wav, rate = read_audio(path)
         reference = mono_at(wav, rate, codec.sample_rate)
         with torch.no_grad():
-            latent, scale = codec.latent(torch.from_numpy(reference)[None, None])
-            codes = codec.quantizer.encode(latent, codec.stages(bandwidth))
-            decoded = codec.decode(codes, scale, chunk_seconds=None)[0, 0, : len(reference)].numpy()
+            codes, scale = codec.encode(torch.from_numpy(reference)[None, None], bandwidth)
+            decoded = codec.decode(codes, scale)[0, 0, : len(reference)].numpy()
         rows.append(score(reference, decoded, codec.sample_rate, ("pesq_wb", "stoi"), aligned=True).values)
     return rows
 
@@ -131,7 +132,7 @@ def main() -> None:
     codec = Codec.load(args.model).eval()
     n_q = codec.stages(args.bandwidth)
     args.work.mkdir(parents=True, exist_ok=True)
-    tag = f"{codec.identity().hex()[:16]}-{args.bandwidth:g}kbps-{args.refine_steps}steps"
+    tag = f"{codec.identity().hex()[:16]}-{args.bandwidth:g}kbps-{args.refine_steps}steps-v{REFINE_VERSION}"
     steps, work = args.refine_steps, args.work
     train = targets(codec, args.train, args.crops, 2, n_q, steps, work / f"train-{args.crops}-{tag}.st")
     valid = targets(codec, args.valid, VALID_CROPS, 1, n_q, steps, work / f"valid-{tag}.st")

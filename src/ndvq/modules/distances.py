@@ -26,9 +26,17 @@ class MultiScaleMelLoss(nn.Module):
         )
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.to_log_mels(estimate, self.log_mels(target))
+
+    def log_mels(self, wav: torch.Tensor) -> list[torch.Tensor]:
+        """wav [B, 1, T] -> its log-mel spectrogram at each scale, for `to_log_mels`."""
+        return [mel(wav) for mel in self.mels]
+
+    def to_log_mels(self, estimate: torch.Tensor, target_mels: list[torch.Tensor]) -> torch.Tensor:
+        """The loss against a target given by its `log_mels` (computed once when the target is fixed)."""
         total = 0.0
-        for mel in self.mels:
-            x, y = mel(estimate), mel(target)
+        for mel, y in zip(self.mels, target_mels, strict=True):
+            x = mel(estimate)
             total = total + F.l1_loss(x, y) + F.mse_loss(x, y)
         return total / len(self.mels)
 
