@@ -9,7 +9,8 @@ reads the file. Each step costs a decoder pass forward and backward over the win
 
 When the codes are entropy-coded with a rate-aware assignment, the objective adds RATE_WEIGHT x the rate in kbps,
 its expectation under the assignment's posterior (ResidualQuantizer.expected_cost of the code lengths), so that the
-latent does not drift towards codes that cost more bits than the quality they buy.
+latent does not drift towards codes that cost more bits than the quality they buy: this held with small steps, not
+with the present large ones (see RATE_WEIGHT).
 """
 
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLos
 # Against the constant 0.01 used before (docs/ndvq-that-learns.md, session 32): 25 steps gain what 100 did.
 PEAK_LEARNING_RATE, HORIZON = 0.1, 25
 VERSION = 4  # of the refined codes, for caches of results (ndvq eval); 2: the file's assignment; 3: rate term; 4: lr
-# Objective units per kbps. At 0.01 refinement keeps the rate of the unrefined encoder (3.99 kbps in the file at
-# nominal 6 against 3.81; 5.84 without the term) and most of its gain (docs/ndvq-that-learns.md, session 27).
+# Objective units per kbps. At 0.01, with the small steps used before session 32, refinement kept the rate of the
+# unrefined encoder (3.99 kbps in the file at nominal 6 against 3.81; 5.84 without the term; session 27). With
+# the present larger steps it no longer does (4.89 kbps at 4 steps, 6.36 at 100: session 32).
 RATE_WEIGHT = 0.01
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 
