@@ -2,9 +2,11 @@
 
 python examples/demo.py [--model NAME_OR_DIR] [--out DIR] [--threads 2]
 
-Prints per bitrate the file size, the bitrate measured from the bytes, encode and decode speed (x real time)
-and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2 kbps join where
-opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to OUT/eval/report.html.
+Also at 6 kbps with 4 steps of refinement, bit-packed (`ndvq compress --no-entropy --refine 4`; README,
+Refinement), labelled ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and
+decode speed (x real time) and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2
+kbps join where opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to
+OUT/eval/report.html.
 """
 
 import argparse
@@ -28,6 +30,7 @@ CLIP = Path(__file__).with_name("speech_en_16k.flac")
 BITRATES = ("1.5", "3", "6")
 BASELINES = ((OpusSystem, "6"), (Codec2System, "3200"))  # (system, bitrate): the baselines of `ndvq eval`
 METRICS = ("pesq_wb", "stoi", "visqol")
+REFINED = (4, "6")  # refinement steps, bitrate: the refining encoder that keeps 10x real time (README, Refinement)
 
 
 def main() -> None:
@@ -58,6 +61,9 @@ def main() -> None:
     if args.model in PRESETS and not Path(args.model).is_dir():
         print("note: an untrained preset: the decoded audio will not resemble the input")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
+    steps, bitrate = REFINED
+    systems.append((NdvqSystem(f"ndvq-r{steps}", args.model, refine=steps), bitrate))
+    print(f"ndvq-r{steps}: {steps} steps of refinement, bit-packed (ndvq compress --no-entropy --refine {steps})")
     for system, bitrate in BASELINES:
         try:
             systems.append((system(), bitrate))
@@ -90,13 +96,14 @@ def main() -> None:
 def code(system: Any, wav: np.ndarray, rate: int, bitrate: str) -> tuple[Coded, float, float]:
     """Code wav [C, T] at `rate` Hz; (decoded audio and bytes, encode seconds, decode seconds).
 
-    An NDVQ model is timed through compress and decompress separately; a baseline's command-line tools
-    are not timed (0, 0).
+    An NDVQ model is timed through compress and decompress separately, written as `ndvq compress` writes it by
+    default, or bit-packed when refined; a baseline's command-line tools are not timed (0, 0).
     """
     if not isinstance(system, NdvqSystem):
         return system.code(wav, rate, bitrate), 0.0, 0.0
     start = time.perf_counter()
-    data = compress(system.codec, wav, rate, float(bitrate))
+    entropy = False if system.refine else None
+    data = compress(system.codec, wav, rate, float(bitrate), entropy=entropy, refine_steps=system.refine)
     encoded = time.perf_counter()
     decoded, _ = decompress(data, system.codec)
     return Coded(decoded, len(data)), encoded - start, time.perf_counter() - encoded
