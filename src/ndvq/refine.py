@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.optim.adam import adam
 
 from ndvq.errors import NdvqError
 from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLoss
@@ -102,18 +103,14 @@ def refine_latent(
 
 
 class _Adam:
-    """Adam (betas 0.9, 0.999, eps 1e-8) on one tensor, the same arithmetic as torch.optim.Adam's single-tensor
-    path: torch.optim's first use imports torch._dynamo, 0.9 s per process, more than four steps on 10 s."""
+    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8) on one tensor through its functional form, without
+    torch.optim.Optimizer, whose first use imports torch._dynamo: 0.9 s per process, more than four steps on 10 s."""
 
-    def __init__(self, parameter: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.parameter, self.betas, self.eps, self.count = parameter, betas, eps, 0
+    def __init__(self, parameter: torch.Tensor) -> None:
+        self.parameter, self.count = parameter, torch.zeros(())
         self.mean, self.square = torch.zeros_like(parameter), torch.zeros_like(parameter)
 
     @torch.no_grad()
     def step(self, gradient: torch.Tensor, lr: float) -> None:
-        (beta1, beta2), self.count = self.betas, self.count + 1
-        self.mean.lerp_(gradient, 1 - beta1)
-        self.square.mul_(beta2).addcmul_(gradient, gradient.conj(), value=1 - beta2)
-        step_size = lr / (1 - beta1**self.count)
-        denominator = (self.square.sqrt() / math.sqrt(1 - beta2**self.count)).add_(self.eps)
-        self.parameter.addcdiv_(self.mean, denominator, value=-step_size)
+        adam_step = dict(amsgrad=False, beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
+        adam([self.parameter], [gradient], [self.mean], [self.square], [], [self.count], foreach=False, **adam_step)
