@@ -84,7 +84,8 @@ def test_refinement_improves_the_shipped_model_on_speech(speech) -> None:
 
 
 def test_the_optimiser_is_torch_adam() -> None:
-    """refine's own Adam (it avoids torch.optim's slow first import) steps exactly as torch.optim.Adam."""
+    """refine's Adam (torch's functional step, without torch.optim.Adam's slow first import) steps exactly as
+    torch.optim.Adam."""
     generator = torch.Generator().manual_seed(0)
     ours = torch.randn(4, 8, generator=generator)
     theirs = ours.clone().requires_grad_(True)
