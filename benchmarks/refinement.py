@@ -1,14 +1,14 @@
 """Encoder refinement (`ndvq compress --refine STEPS`): quality and encoding time against the number of steps.
 
     python benchmarks/refinement.py MANIFEST [--model speech-16k] [--files 12] [-b 1.5 6] [--steps 0 25 50 100 200]
-        [--threads 1] [--plot docs/refinement-steps.png] [--refine-rate-weights 0 0.01 0.05]
+        [--threads 1] [--plot docs/refinement-steps.png] [--entropy]
 
 For files taken at equal steps through a manifest (those of 1 s or more), each bitrate and each step count: the
 file coded through `ndvq.compress` (bit-packed, so that only the codes differ) and decoded, scored against the
 input as `ndvq eval` scores NDVQ (PESQ-wb, STOI, mel distance), and the encoding time as a real-time factor
 (seconds of compute per second of audio). Prints the means; --plot draws PESQ-wb and STOI against the steps.
-With --refine-rate-weights the files are entropy-coded instead (the model's rate-aware assignment), refined with
-ndvq.refine.RATE_WEIGHT set to each weight in turn, and the table adds the kbps in the file.
+With --entropy the files are entropy-coded instead (the model's tables and rate-aware assignment, as `ndvq
+compress` does by default), and the kbps in the file tell what refinement costs in bits.
 """
 
 import argparse
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import ndvq
-from ndvq import Codec, refine
+from ndvq import Codec
 from ndvq.audio import read_audio
 from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
@@ -29,12 +29,10 @@ METRICS = ("pesq_wb", "stoi", "mel_distance")
 COLUMNS = (*METRICS, "encode_rtf", "kbps")
 
 
-Key = tuple[float, float | None, int]  # kbps nominal, rate weight (None: bit-packed), steps
+Key = tuple[float, bool, int]  # kbps nominal, entropy-coded, steps
 
 
-def plot(
-    means: dict[Key, dict[str, float]], lines: list[tuple[float, float | None]], steps: list[int], out: Path
-) -> None:
+def plot(means: dict[Key, dict[str, float]], lines: list[tuple[float, bool]], steps: list[int], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,9 +40,9 @@ def plot(
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, metric in zip(axes, ("pesq_wb", "stoi"), strict=True):
-        for bitrate, weight in lines:
-            label = f"{bitrate:g} kbps" + ("" if weight is None else f", rate weight {weight:g}")
-            axis.plot(steps, [means[bitrate, weight, s][metric] for s in steps], marker="o", label=label)
+        for bitrate, entropy in lines:
+            label = f"{bitrate:g} kbps" + (", entropy-coded" if entropy else "")
+            axis.plot(steps, [means[bitrate, entropy, s][metric] for s in steps], marker="o", label=label)
         axis.set_xlabel("refinement steps")
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
@@ -62,38 +60,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 25, 50, 100, 200])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", type=Path, help="PNG to draw")
-    parser.add_argument(
-        "--refine-rate-weights", type=float, nargs="+", help="entropy-code, refining at each refine.RATE_WEIGHT"
-    )
+    parser.add_argument("--entropy", action="store_true", help="entropy-code the files instead of bit-packing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
     files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
-    lines = [(bitrate, weight) for bitrate in args.bandwidth for weight in (args.refine_rate_weights or [None])]
+    lines = [(bitrate, args.entropy) for bitrate in args.bandwidth]
     rows: dict[Key, list[dict[str, float]]] = {}
     for path in files:
         wav, rate = read_audio(path)
         duration = wav.shape[1] / rate
-        for bitrate, weight in lines:
-            if weight is not None:
-                refine.RATE_WEIGHT = weight
+        for bitrate, entropy in lines:
             for steps in args.steps:
                 start = time.perf_counter()
-                data = ndvq.compress(codec, wav, rate, bitrate, entropy=weight is not None, refine_steps=steps)
+                data = ndvq.compress(codec, wav, rate, bitrate, entropy=entropy, refine_steps=steps)
                 seconds = time.perf_counter() - start
                 decoded, _ = ndvq.decompress(data, codec)
                 values = score(wav, decoded, rate, METRICS, aligned=True).values
                 values.update(encode_rtf=seconds / duration, kbps=len(data) * 8 / duration / 1000)
-                rows.setdefault((bitrate, weight, steps), []).append(values)
+                rows.setdefault((bitrate, entropy, steps), []).append(values)
     print(f"{args.model}, {len(files)} files of {args.manifest}, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{'kbps':>5} {'rate weight':>11} {'steps':>5} " + " ".join(f"{m:>12}" for m in COLUMNS))
+    print(f"{'kbps':>5} {'coding':>11} {'steps':>5} " + " ".join(f"{m:>12}" for m in COLUMNS))
     means = {}
-    for (bitrate, weight), steps in ((line, s) for line in lines for s in args.steps):
-        values = rows[bitrate, weight, steps]
-        means[bitrate, weight, steps] = {m: float(np.nanmean([v.get(m, np.nan) for v in values])) for m in COLUMNS}
-        columns = " ".join(f"{means[bitrate, weight, steps][m]:12.3f}" for m in COLUMNS)
-        packed = "bit-packed" if weight is None else f"{weight:g}"
-        print(f"{bitrate:5g} {packed:>11} {steps:5d} {columns}")
+    for (bitrate, entropy), steps in ((line, s) for line in lines for s in args.steps):
+        values = rows[bitrate, entropy, steps]
+        means[bitrate, entropy, steps] = {m: float(np.nanmean([v.get(m, np.nan) for v in values])) for m in COLUMNS}
+        columns = " ".join(f"{means[bitrate, entropy, steps][m]:12.3f}" for m in COLUMNS)
+        coding = "entropy" if entropy else "bit-packed"
+        print(f"{bitrate:5g} {coding:>11} {steps:5d} {columns}")
     if args.plot:
         plot(means, lines, args.steps, args.plot)
         print(f"plot: {args.plot}")

@@ -2,8 +2,8 @@
 
 python examples/demo.py [--model NAME_OR_DIR] [--out DIR] [--threads 2]
 
-Also at 6 kbps with 4 steps of refinement, bit-packed (`ndvq compress --no-entropy --refine 4`; README,
-Refinement), labelled ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and
+Also at 6 kbps with 4 steps of refinement (`ndvq compress --refine 4`; README, Refinement), labelled
+ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and
 decode speed (x real time) and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2
 kbps join where opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to
 OUT/eval/report.html.
@@ -63,7 +63,7 @@ def main() -> None:
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
     steps, bitrate = REFINED
     systems.append((NdvqSystem(f"ndvq-r{steps}", args.model, refine=steps), bitrate))
-    print(f"ndvq-r{steps}: {steps} steps of refinement, bit-packed (ndvq compress --no-entropy --refine {steps})")
+    print(f"ndvq-r{steps}: {steps} steps of refinement (ndvq compress --refine {steps})")
     for system, bitrate in BASELINES:
         try:
             systems.append((system(), bitrate))
@@ -97,13 +97,12 @@ def code(system: Any, wav: np.ndarray, rate: int, bitrate: str) -> tuple[Coded, 
     """Code wav [C, T] at `rate` Hz; (decoded audio and bytes, encode seconds, decode seconds).
 
     An NDVQ model is timed through compress and decompress separately, written as `ndvq compress` writes it by
-    default, or bit-packed when refined; a baseline's command-line tools are not timed (0, 0).
+    default (with the system's refinement steps); a baseline's command-line tools are not timed (0, 0).
     """
     if not isinstance(system, NdvqSystem):
         return system.code(wav, rate, bitrate), 0.0, 0.0
     start = time.perf_counter()
-    entropy = False if system.refine else None
-    data = compress(system.codec, wav, rate, float(bitrate), entropy=entropy, refine_steps=system.refine)
+    data = compress(system.codec, wav, rate, float(bitrate), refine_steps=system.refine)
     encoded = time.perf_counter()
     decoded, _ = decompress(data, system.codec)
     return Coded(decoded, len(data)), encoded - start, time.perf_counter() - encoded

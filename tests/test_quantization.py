@@ -84,43 +84,6 @@ def test_assignment_bias_is_a_log_prior_on_each_stage(make) -> None:
     assert torch.all(frames[::2] == 3) and torch.equal(frames[1::2], plain[:, :1].transpose(1, 2).reshape(-1)[1::2])
 
 
-@pytest.mark.parametrize("make", [ResidualNDVQ, ResidualVQ])
-def test_expected_cost_follows_the_assignment_and_its_gradient_lowers_it(make) -> None:
-    """Scores are what encode maximises; the expected cost sees encode's codes as contexts, equals the cost when
-    it is the same for every code, and a step along its gradient makes the cheap codes likelier."""
-    quantizer = make(dim=8, num_codebooks=3, codebook_size=16)
-    z = torch.randn(2, 8, 30)
-    quantizer(z, n_q=3)
-    quantizer.eval()
-    codes = quantizer.encode(z, 3)
-    first = quantizer.codebooks[0].scores(quantizer.project_in[0](z.transpose(1, 2).reshape(-1, 8)))
-    assert torch.equal(first.argmax(dim=1), codes[:, 0].reshape(-1))
-    seen = []
-
-    def flat(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
-        seen.append(previous)
-        return torch.full((16,), 10.0)
-
-    torch.testing.assert_close(quantizer.expected_cost(z, 3, flat), torch.tensor(30.0))
-    assert seen[0] is None and torch.equal(seen[2], codes[:, 1].reshape(-1))
-    # With an assignment bias, the contexts are the biased assignment's codes.
-    prior = torch.randn(3, 16) * 3
-
-    def bias(stage: int, previous: torch.Tensor | None) -> torch.Tensor:
-        return prior[stage]
-
-    biased, seen = quantizer.encode(z, 3, bias), []
-    assert not torch.equal(biased, codes)
-    quantizer.expected_cost(z, 3, flat, bias)
-    assert torch.equal(seen[1], biased[:, 0].reshape(-1)) and torch.equal(seen[2], biased[:, 1].reshape(-1))
-    bits = torch.arange(16.0)
-    z = z.clone().requires_grad_(True)
-    cost = quantizer.expected_cost(z, 3, lambda stage, previous: bits)
-    (gradient,) = torch.autograd.grad(cost, [z])
-    with torch.no_grad():
-        assert quantizer.expected_cost(z - 0.1 * gradient / gradient.norm(), 3, lambda s, p: bits) < cost
-
-
 def test_training_samples_and_eval_returns_means() -> None:
     quantizer = ResidualNDVQ(dim=8, num_codebooks=2, codebook_size=16)
     z = torch.randn(2, 8, 50)

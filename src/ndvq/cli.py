@@ -259,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
                 type=_steps,
                 default=0,
                 metavar="STEPS",
-                help="refine the encoder's latent by analysis by synthesis, STEPS optimiser steps on it against the "
+                help="refine the encoder's latent by analysis by synthesis, STEPS gradient steps on it against the "
                 "input: better audio, the same decoder and format, slower encoding (4 steps: about 5x slower; "
                 "README, Refinement; default 0: off)",
             )

@@ -226,18 +226,11 @@ class Codec(nn.Module):
         def synthesise(latent: torch.Tensor) -> torch.Tensor:
             return self.decode_straight_through(latent, n_q, bias)
 
-        rate = None
-        if refine_steps and bias is not None:  # entropy-coded: refinement weighs the rate too
-            bits = self._log_prior_terms(-1 / math.log(2))
-
-            def rate(latent: torch.Tensor) -> torch.Tensor:  # kbps, expected under the assignment's posterior
-                return self.quantizer.expected_cost(latent, n_q, bits, bias) * self.frame_rate / 1000
-
         def encode_window(window: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 latent = self.encoder(window)
             if refine_steps:
-                latent = refine_latent(latent, window, synthesise, self.sample_rate, refine_steps, rate)
+                latent = refine_latent(latent, window, synthesise, self.sample_rate, refine_steps)
             with torch.no_grad():
                 return self.quantizer.encode(latent, n_q, bias)
 
@@ -278,11 +271,6 @@ class Codec(nn.Module):
                 "rate-aware assignment needs the model's entropy tables (make them with `ndvq fit-entropy`)"
             )
         check_rate_weight(weight)
-        return self._log_prior_terms(weight)
-
-    def _log_prior_terms(self, weight: float) -> StageBias:
-        """weight x the entropy tables' log prior (natural log) of each stage's codes, given the previous stage's
-        codes (-1 / ln 2: code lengths in bits)."""
         device = next(self.parameters()).device
         prior = weight * torch.from_numpy(self.entropy.log_prior).to(device)  # [n_q, GROUPS + 1, K]
         groups = torch.from_numpy(self.entropy.groups).long().to(device)

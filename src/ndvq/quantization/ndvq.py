@@ -101,10 +101,6 @@ class NormalCodebook(nn.Module):
             precision_t, scaled_mean_t, constant = self._likelihood_terms()
             return -0.5 * ((x * x) @ precision_t - 2 * x @ scaled_mean_t + constant)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Assignment scores of x [N, D] against every entry: [N, K], the log-likelihoods, differentiable in x."""
-        return self.log_likelihood(x)
-
     def _likelihood_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1 / var [D, K], mu / var [D, K], sum_d mu^2 / var + log var + log 2 pi [K]); kept between calls
         while the codebook is unchanged and no gradient is wanted (inference, streaming one frame at a time)."""

@@ -28,8 +28,7 @@ class ResidualQuantizer(nn.Module):
     """Quantizes z, then what is left of it, stage after stage.
 
     A stage (codebook) maps x [N, d] to (q [N, d] detached, codes [N], losses) in `forward`, and has
-    `encode(x, bias=None) -> codes`, `scores(x) -> [N, K]` (what encode maximises, differentiable in x),
-    `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
+    `encode(x, bias=None) -> codes`, `decode(codes) -> q` and `initialise(x)`. In training, q may be a sample around
     the code (NDVQ): `residual` (see RESIDUALS) says whether the next stage gets what is left after the
     sample or after the code's mean, and which noise the decoder gets. Where the code dimension d differs
     from the latent dimension, a Linear projection in and out surrounds each stage.
@@ -118,26 +117,6 @@ class ResidualQuantizer(nn.Module):
             residual = residual - self.project_out[i](self.codebooks[i].decode(index))
             codes.append(index)
         return torch.stack(codes, 1).reshape(batch, frames, n_q).transpose(1, 2)
-
-    def expected_cost(
-        self, z: torch.Tensor, n_q: int | None, cost: StageBias, bias: StageBias | None = None
-    ) -> torch.Tensor:
-        """The cost of z's codes [B, D, T] in expectation over a soft assignment: per stage, code i with probability
-        softmax(scores + bias)_i (the assignment's posterior) costing cost(stage, previous codes)_i ([N, K] or [K],
-        bits for example), summed over stages and averaged over frames -> a scalar, differentiable in z. Each
-        stage's residual, and the context passed to bias and cost, follow the hard assignment, as in `encode`."""
-        n_q = self._stages(n_q)
-        residual = z.transpose(1, 2).reshape(-1, z.shape[1])
-        total, previous = z.new_zeros(()), None
-        for i in range(n_q):
-            scores = self.codebooks[i].scores(self.project_in[i](residual))
-            if bias is not None:
-                scores = scores + bias(i, previous).float()
-            index = scores.detach().argmax(dim=1)
-            total = total + (scores.softmax(dim=1) * cost(i, previous)).sum(dim=1).mean()
-            residual = residual - self.project_out[i](self.codebooks[i].decode(index)).detach()
-            previous = index
-        return total
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, T] -> z [B, D, T], the sum of the first K stages' code vectors."""

@@ -4,14 +4,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ndvq.quantization.kmeans import (
-    all_reduce_sum_,
-    broadcast_,
-    full_precision,
-    kmeans_on_rank0,
-    nearest,
-    sample_vectors,
-)
+from ndvq.quantization.kmeans import all_reduce_sum_, broadcast_, kmeans_on_rank0, nearest, sample_vectors
 from ndvq.quantization.residual import ResidualQuantizer
 
 
@@ -46,12 +39,6 @@ class EuclideanCodebook(nn.Module):
         """x [N, D] -> index of the nearest entry [N]; with `bias` [N, K] or [K], of the highest
         -|x - e|^2 / 2 + bias."""
         return nearest(x.float(), self.embedding, bias)
-
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Assignment scores of x [N, D] against every entry: [N, K], -|x - e|^2 / 2, differentiable in x."""
-        with full_precision(x.device):
-            x, embedding = x.float(), self.embedding.float()
-            return x @ embedding.t() - 0.5 * (embedding.pow(2).sum(1) + x.pow(2).sum(1, keepdim=True))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [N] -> vectors [N, D]."""
