@@ -34,6 +34,7 @@ class AdamSteps:
 
     def __init__(self) -> None:
         self.latent: torch.Tensor | None = None
+        self.optimiser: torch.optim.Adam | None = None
 
     def __call__(self, latent: torch.Tensor, gradient: torch.Tensor, lr: float) -> None:
         if latent is not self.latent:  # a new refinement (refine_latent makes a new tensor each time)
@@ -65,19 +66,21 @@ def main() -> None:
     files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
     rules = {"ndvq": refine.descend, "adam": AdamSteps()}
     scores: dict[tuple[str, int], dict[str, list[float]]] = {}
-    for path in files:
-        wav, rate = read_audio(path)
-        for rule, step in rules.items():
-            refine.descend = step
-            for steps in [0, *args.steps]:
-                if steps == 0 and rule != "ndvq":
-                    continue
-                data = ndvq.compress(codec, wav, rate, args.bandwidth, entropy=False, refine_steps=steps)
-                decoded, _ = ndvq.decompress(data, codec)
-                values = score(wav, decoded, rate, METRICS, aligned=True).values
-                for metric in METRICS:
-                    scores.setdefault((rule, steps), {}).setdefault(metric, []).append(values.get(metric, math.nan))
-    refine.descend = rules["ndvq"]
+    try:
+        for path in files:
+            wav, rate = read_audio(path)
+            for rule, step in rules.items():
+                refine.descend = step
+                for steps in [0, *args.steps]:
+                    if steps == 0 and rule != "ndvq":
+                        continue
+                    data = ndvq.compress(codec, wav, rate, args.bandwidth, entropy=False, refine_steps=steps)
+                    decoded, _ = ndvq.decompress(data, codec)
+                    values = score(wav, decoded, rate, METRICS, aligned=True).values
+                    for metric in METRICS:
+                        scores.setdefault((rule, steps), {}).setdefault(metric, []).append(values.get(metric, math.nan))
+    finally:
+        refine.descend = rules["ndvq"]
     print(f"{args.model}, {len(files)} files of {args.manifest}, {args.bandwidth:g} kbps bit-packed")
     one_pass = scores["ndvq", 0]
     print(f"one-pass: PESQ-wb {np.nanmean(one_pass['pesq_wb']):.3f}, STOI {np.nanmean(one_pass['stoi']):.3f}")

@@ -3,9 +3,9 @@
 python examples/demo.py [--model NAME_OR_DIR] [--out DIR] [--threads 2]
 
 Also at 6 kbps with 4 steps of refinement (`ndvq compress --refine 4`; README, Refinement), labelled
-ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and
-decode speed (x real time) and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2
-kbps join where opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to
+ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and decode speed (x real
+time) and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2 kbps join where
+opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to
 OUT/eval/report.html.
 """
 
