@@ -89,6 +89,22 @@ def test_uniform_random_codes_round_trip(fitted: Codec) -> None:
     assert copied.encode(codes) == payload
 
 
+def test_the_default_coding_is_never_larger_than_bit_packing(fitted: Codec, speech, monkeypatch) -> None:
+    """By default the codes are entropy-coded, unless bit-packing them takes fewer bytes (as with many steps
+    of refinement); asked for, entropy coding is kept whatever its size."""
+    wav, rate = speech
+    default = compress(fitted, wav, rate, 8.0)
+    assert default == compress(fitted, wav, rate, 8.0, entropy=True) and default[4] == 2
+    codes = bitstream.read(default, entropy=fitted.entropy)[1]
+    encode = EntropyModel.encode
+    monkeypatch.setattr(EntropyModel, "encode", lambda self, c: encode(self, c) + bytes(10_000))  # expensive
+    packed, asked = compress(fitted, wav, rate, 8.0), compress(fitted, wav, rate, 8.0, entropy=True)
+    assert packed[4] == 1 and len(packed) < len(asked) and asked[4] == 2
+    header, packed_codes = bitstream.read(packed)
+    assert np.array_equal(packed_codes, codes) and header.model_id == fitted.identity()
+    assert np.array_equal(decompress(packed, fitted)[0], decompress(default, fitted)[0])
+
+
 @pytest.mark.parametrize("bandwidth", [2.0, 4.0, 8.0])
 def test_entropy_coded_file_decodes_to_the_same_audio(fitted: Codec, speech, bandwidth: float) -> None:
     wav, rate = speech

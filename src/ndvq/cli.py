@@ -243,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
                 "--entropy",
                 action=argparse.BooleanOptionalAction,
                 help="entropy-code the codes with the model's tables (format version 2; see ndvq fit-entropy), "
-                "or bit-pack them (--no-entropy, format version 1); default: entropy-code when the model has tables",
+                "or bit-pack them (--no-entropy, format version 1); default: entropy-code when the model has tables "
+                "and that takes fewer bytes than bit-packing",
             )
             command.add_argument(
                 "--rate-weight",

@@ -6,6 +6,7 @@ codes (8 bytes per code: 2.9 MB for 10 min at 6 kbps with `speech-16k-large`).
 """
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 import os
 
 import numpy as np
@@ -105,9 +106,10 @@ def _encode(
     refine_steps: int = 0,
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
-    (entropy-coded with the model's tables when `entropy`; None: when the model has tables). `rate_weight` (see
-    Codec.encode_blocks) defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps`
-    (ndvq.refine) to 0."""
+    (entropy-coded with the model's tables when `entropy`; None: when the model has tables, unless bit-packing
+    the same codes takes fewer bytes, as with many steps of refinement). `rate_weight` (see Codec.encode_blocks)
+    defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps` (ndvq.refine) to 0."""
+    smaller = entropy is None
     if entropy is None:
         entropy = codec.entropy is not None
     if entropy and codec.entropy is None:
@@ -142,7 +144,11 @@ def _encode(
         scales=tuple(scale.reshape(-1).tolist()),
         entropy_coded=entropy,
     )
-    return bitstream.write(header, codes.numpy(), codec.entropy)
+    data = bitstream.write(header, codes.numpy(), codec.entropy)
+    if entropy and smaller:
+        packed = bitstream.write(replace(header, model_id=codec.identity(), entropy_coded=False), codes.numpy())
+        return min(data, packed, key=len)
+    return data
 
 
 def codes_identity(codec: Codec) -> str:
@@ -168,8 +174,9 @@ def compress(
     (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
     version 2), and assigned with the tables' rate weight, scaled down under 12 stages (EntropyModel.rate_weight_at),
     unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks); without, bit-packed (format
-    version 1). `refine_steps` > 0: the encoder's latent is refined by analysis by synthesis (ndvq.refine), slower,
-    the same decoder."""
+    version 1); by default (entropy None) the same codes are bit-packed instead where that takes fewer bytes.
+    `refine_steps` > 0: the encoder's latent is refined by analysis by synthesis (ndvq.refine), slower, the same
+    decoder."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
