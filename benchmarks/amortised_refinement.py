@@ -24,6 +24,7 @@ import random
 import time
 
 import numpy as np
+from paired import interval  # benchmarks/paired.py, beside this script
 import safetensors.torch
 import torch
 from torch import nn
@@ -182,10 +183,10 @@ def main() -> None:
     for metric in ("pesq_wb", "stoi"):
         both = [(a, b) for a, b in zip(after, before, strict=True) if metric in a and metric in b]
         pairs = np.array([(a[metric], b[metric]) for a, b in both])
-        delta = pairs[:, 0] - pairs[:, 1]
+        mean, half, n = interval((pairs[:, 0] - pairs[:, 1]).tolist())
         print(
             f"{metric:>8}: {pairs[:, 0].mean():.3f} against {pairs[:, 1].mean():.3f}, paired "
-            f"{delta.mean():+.3f} +- {1.96 * delta.std(ddof=1) / math.sqrt(len(delta)):.3f} ({len(delta)} files)"
+            f"{mean:+.3f} +- {half:.3f} ({n} files)"
         )
 
 

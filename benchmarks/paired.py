@@ -32,13 +32,16 @@ def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str,
     for (bitrate, _), pair in scores.items():
         if len(pair) == 2:
             differences[bitrate].append(pair["b"] - pair["a"])
-    out = {}
-    for bitrate, values in differences.items():
-        n = len(values)
-        mean = sum(values) / n
-        spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-        out[bitrate] = (mean, 1.96 * spread / math.sqrt(n), n)
-    return out
+    return {bitrate: interval(values) for bitrate, values in differences.items()}
+
+
+def interval(differences: list[float]) -> tuple[float, float, int]:
+    """Paired differences -> (their mean, the half-width of its 95% interval, their count): 1.96 standard errors
+    (normal approximation; nan for a single difference). Also used by other benchmarks that pair files."""
+    n = len(differences)
+    mean = sum(differences) / n
+    spread = math.sqrt(sum((v - mean) ** 2 for v in differences) / (n - 1)) if n > 1 else math.nan
+    return mean, 1.96 * spread / math.sqrt(n), n
 
 
 def _order(bitrate: str) -> float:

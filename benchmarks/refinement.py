@@ -29,10 +29,10 @@ METRICS = ("pesq_wb", "stoi", "mel_distance")
 COLUMNS = (*METRICS, "encode_rtf", "kbps")
 
 
-Key = tuple[float, bool, int]  # kbps nominal, entropy-coded, steps
+Key = tuple[float, int]  # kbps nominal, steps
 
 
-def plot(means: dict[Key, dict[str, float]], lines: list[tuple[float, bool]], steps: list[int], out: Path) -> None:
+def plot(means: dict[Key, dict[str, float]], bitrates: list[float], steps: list[int], entropy: bool, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,9 +40,9 @@ def plot(means: dict[Key, dict[str, float]], lines: list[tuple[float, bool]], st
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, metric in zip(axes, ("pesq_wb", "stoi"), strict=True):
-        for bitrate, entropy in lines:
+        for bitrate in bitrates:
             label = f"{bitrate:g} kbps" + (", entropy-coded" if entropy else "")
-            axis.plot(steps, [means[bitrate, entropy, s][metric] for s in steps], marker="o", label=label)
+            axis.plot(steps, [means[bitrate, s][metric] for s in steps], marker="o", label=label)
         axis.set_xlabel("refinement steps")
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
@@ -65,31 +65,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
     files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
-    lines = [(bitrate, args.entropy) for bitrate in args.bandwidth]
     rows: dict[Key, list[dict[str, float]]] = {}
     for path in files:
         wav, rate = read_audio(path)
         duration = wav.shape[1] / rate
-        for bitrate, entropy in lines:
+        for bitrate in args.bandwidth:
             for steps in args.steps:
                 start = time.perf_counter()
-                data = ndvq.compress(codec, wav, rate, bitrate, entropy=entropy, refine_steps=steps)
+                data = ndvq.compress(codec, wav, rate, bitrate, entropy=args.entropy, refine_steps=steps)
                 seconds = time.perf_counter() - start
                 decoded, _ = ndvq.decompress(data, codec)
                 values = score(wav, decoded, rate, METRICS, aligned=True).values
                 values.update(encode_rtf=seconds / duration, kbps=len(data) * 8 / duration / 1000)
-                rows.setdefault((bitrate, entropy, steps), []).append(values)
+                rows.setdefault((bitrate, steps), []).append(values)
     print(f"{args.model}, {len(files)} files of {args.manifest}, {args.threads} thread(s), torch {torch.__version__}")
     print(f"{'kbps':>5} {'coding':>11} {'steps':>5} " + " ".join(f"{m:>12}" for m in COLUMNS))
     means = {}
-    for (bitrate, entropy), steps in ((line, s) for line in lines for s in args.steps):
-        values = rows[bitrate, entropy, steps]
-        means[bitrate, entropy, steps] = {m: float(np.nanmean([v.get(m, np.nan) for v in values])) for m in COLUMNS}
-        columns = " ".join(f"{means[bitrate, entropy, steps][m]:12.3f}" for m in COLUMNS)
-        coding = "entropy" if entropy else "bit-packed"
+    coding = "entropy" if args.entropy else "bit-packed"
+    for bitrate, steps in ((b, s) for b in args.bandwidth for s in args.steps):
+        values = rows[bitrate, steps]
+        means[bitrate, steps] = {m: float(np.nanmean([v.get(m, np.nan) for v in values])) for m in COLUMNS}
+        columns = " ".join(f"{means[bitrate, steps][m]:12.3f}" for m in COLUMNS)
         print(f"{bitrate:5g} {coding:>11} {steps:5d} {columns}")
     if args.plot:
-        plot(means, lines, args.steps, args.plot)
+        plot(means, args.bandwidth, args.steps, args.entropy, args.plot)
         print(f"plot: {args.plot}")
 
 
