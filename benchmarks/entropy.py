@@ -6,7 +6,8 @@ adds to the codec's own encode and decode, and, with rate-aware assignment, what
 
 For each --rate-weight W the tables are fitted as `ndvq fit-entropy --rate-weight W` fits them, on the codes of
 --fit-limit --fit files taken at equal steps, then measured on --measure-limit files taken at equal steps through
-the --measure list (use a split with other voices) through `ndvq.compress(..., entropy=True)`, at the weight
+the --measure list (use a split with other voices) through `ndvq.compress(..., entropy=True)` with the one-pass
+encoder (refine_steps=0, which the tables are fitted on), at the weight
 compress applies by default ("applied": W from 12 stages up, in proportion below, EntropyModel.rate_weight_at).
 With --model-tables nothing is fitted: the model's own tables code at each W as given (`--rate-weight W`).
 Bits are those of the payload, without the header. "time added" is the extra time of the entropy-coded round
@@ -34,7 +35,7 @@ METRICS = ("mel_distance", "pesq_wb")
 def timed_round_trip(codec: Codec, wav: np.ndarray, rate: int, bandwidth: float, weight: float | None):
     """(.ndvq bytes, decoded audio [C, T], seconds for both); weight None: bit-packed."""
     begin = time.perf_counter()
-    data = compress(codec, wav, rate, bandwidth, entropy=weight is not None, rate_weight=weight)
+    data = compress(codec, wav, rate, bandwidth, entropy=weight is not None, rate_weight=weight, refine_steps=0)
     decoded, _ = decompress(data, codec)
     return data, decoded, time.perf_counter() - begin
 

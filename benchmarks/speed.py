@@ -9,7 +9,8 @@ and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 bundled clip repeated to 10 s, encode (scale and codes) and decode (audio times the scale), both at --threads
 intra-op threads.
 
---refine STEPS encodes with that many steps of refinement (ndvq.refine, `ndvq compress --refine`).
+--refine STEPS encodes with that many steps of refinement (ndvq.refine, `ndvq compress --refine`); the default,
+0, times the one-pass encoder (`ndvq compress` refines 4 steps unless told).
 
 --encodec needs `pip install --no-deps encodec==0.1.1 einops` (with its dependencies, encodec would pull a
 torchaudio that replaces torch).
@@ -184,7 +185,9 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--onnx", action="store_true", help="only onnxruntime against PyTorch (10 s, tensors)")
-    parser.add_argument("--refine", type=int, default=0, metavar="STEPS", help="encoder refinement steps (default 0)")
+    parser.add_argument(
+        "--refine", type=int, default=0, metavar="STEPS", help="encoder refinement steps (default 0: one pass)"
+    )
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

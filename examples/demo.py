@@ -2,11 +2,11 @@
 
 python examples/demo.py [--model NAME_OR_DIR] [--out DIR] [--threads 2]
 
-Also at 6 kbps with 4 steps of refinement (`ndvq compress --refine 4`; README, Refinement), labelled
-ndvq-r4. Prints per bitrate the file size, the bitrate measured from the bytes, encode and decode speed (x real
-time) and PESQ-wb, STOI and ViSQOL (ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2 kbps join where
-opusenc/c2enc are installed. Writes the decoded clips to OUT/ and an `ndvq report` page to
-OUT/eval/report.html.
+Coded as `ndvq compress` codes by default, with 3 steps of refinement (README, Refinement); also at 6 kbps with
+the one-pass encoder (`ndvq compress --refine 0`), labelled ndvq-1p. Prints per bitrate the file size, the
+bitrate measured from the bytes, encode and decode speed (x real time) and PESQ-wb, STOI and ViSQOL
+(ndvq.eval.metrics); Opus at 6 kbps and Codec2 at 3.2 kbps join where opusenc/c2enc are installed. Writes the
+decoded clips to OUT/ and an `ndvq report` page to OUT/eval/report.html.
 """
 
 import argparse
@@ -25,12 +25,13 @@ from ndvq.eval.metrics import score
 from ndvq.eval.report import write_report
 from ndvq.eval.systems import Codec2System, Coded, NdvqSystem, OpusSystem
 from ndvq.presets import PRESETS
+from ndvq.refine import DEFAULT_STEPS
 
 CLIP = Path(__file__).with_name("speech_en_16k.flac")
 BITRATES = ("1.5", "3", "6")
 BASELINES = ((OpusSystem, "6"), (Codec2System, "3200"))  # (system, bitrate): the baselines of `ndvq eval`
 METRICS = ("pesq_wb", "stoi", "visqol")
-REFINED = (4, "6")  # refinement steps, bitrate: the refining encoder that keeps 10x real time (README, Refinement)
+ONE_PASS = "6"  # bitrate of the one-pass encoder's row (no refinement; README, Refinement)
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
 
     wav, rate = read_audio(CLIP)  # [1, T] float32
     seconds = wav.shape[1] / rate
-    model = NdvqSystem("ndvq", args.model)
+    model = NdvqSystem("ndvq", args.model, refine=DEFAULT_STEPS)  # as `ndvq compress` encodes by default
     codec: Codec = model.codec
     print(f"input: {CLIP.name}, {seconds:.2f} s, {rate} Hz (licence: {CLIP.stem}.LICENSE)")
     print(
@@ -60,10 +61,9 @@ def main() -> None:
         print(f"files: entropy-coded with the model's tables, rate-aware assignment at weight {weights} kbps")
     if args.model in PRESETS and not Path(args.model).is_dir():
         print("note: an untrained preset: the decoded audio will not resemble the input")
+    print(f"encoder: {DEFAULT_STEPS} steps of refinement (ndvq compress's default); ndvq-1p: one pass (--refine 0)")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
-    steps, bitrate = REFINED
-    systems.append((NdvqSystem(f"ndvq-r{steps}", args.model, refine=steps), bitrate))
-    print(f"ndvq-r{steps}: {steps} steps of refinement (ndvq compress --refine {steps})")
+    systems.append((NdvqSystem("ndvq-1p", args.model), ONE_PASS))
     for system, bitrate in BASELINES:
         try:
             systems.append((system(), bitrate))

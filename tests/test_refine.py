@@ -112,6 +112,23 @@ def test_entropy_coded_refinement_decodes_better_for_a_few_more_bits(speech) -> 
     assert len(files[0]) < len(files[4]) < 0.75 * len(ndvq.compress(codec, wav, rate, 6.0, entropy=False))
 
 
+def test_files_are_refined_by_default_and_refine_0_is_the_one_pass_encoder(tmp_path, speech) -> None:
+    """ndvq.compress and `ndvq compress` refine DEFAULT_STEPS steps unless told; 0 writes Codec.encode's codes."""
+    source = tmp_path / "in.wav"
+    sf.write(source, speech[0][0, :8000], speech[1], subtype="FLOAT")
+    codec, tiny = Codec.from_preset("tiny"), ["--model", "tiny", "-b", "8"]
+    wav, rate = speech[0][:, :8000], speech[1]
+    default, one_pass = ndvq.compress(codec, wav, rate, 8.0), ndvq.compress(codec, wav, rate, 8.0, refine_steps=0)
+    assert refine.DEFAULT_STEPS > 0
+    assert default == ndvq.compress(codec, wav, rate, 8.0, refine_steps=refine.DEFAULT_STEPS) != one_pass
+    plain, _ = codec.encode(torch.from_numpy(wav)[:, None], 8.0)
+    assert np.array_equal(ndvq.bitstream.read(one_pass)[1], plain.numpy())
+    assert main(["compress", str(source), str(tmp_path / "default.ndvq"), *tiny]) == 0
+    assert main(["compress", str(source), str(tmp_path / "one-pass.ndvq"), *tiny, "--refine", "0"]) == 0
+    assert (tmp_path / "default.ndvq").read_bytes() == default
+    assert (tmp_path / "one-pass.ndvq").read_bytes() == one_pass
+
+
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:
     source = tmp_path / "in.wav"
     sf.write(source, speech[0][0, :8000], speech[1], subtype="FLOAT")

@@ -1,4 +1,4 @@
-"""Corpus tokenization: codes equal to `ndvq compress`'s whatever the shards, workers or ranks; resuming."""
+"""Corpus tokenization: codes equal to `ndvq compress --refine 0`'s whatever the shards, workers or ranks; resuming."""
 
 import json
 import os
@@ -38,9 +38,10 @@ def corpus(tmp_path_factory, speech) -> Path:
 
 @pytest.fixture(scope="module")
 def expected(corpus, tiny) -> dict[str, np.ndarray]:
-    """What `ndvq compress` stores for each readable file: codes [C, n_q, frames]."""
+    """What `ndvq compress --refine 0` (tokenize's default encoder) stores for each readable file: codes
+    [C, n_q, frames]."""
     paths = ("a.wav", "c.wav", "sub/b.flac")
-    return {p: bitstream.read(encode_file(tiny, corpus / p, BANDWIDTH))[1] for p in paths}
+    return {p: bitstream.read(encode_file(tiny, corpus / p, BANDWIDTH, refine_steps=0))[1] for p in paths}
 
 
 def codes(out_dir: Path) -> dict[str, np.ndarray]:
@@ -162,7 +163,7 @@ def test_refined_codes_equal_compress_refine_and_are_recorded(tmp_path, corpus, 
     tokens.tokenize(tiny, corpus, out, bandwidth, refine_steps=5, batch_seconds=0.01)
     refined = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth, refine_steps=5))[1] for p in paths}
     assert_codes(out, refined)
-    plain = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth))[1] for p in paths}
+    plain = {p: bitstream.read(encode_file(tiny, corpus / p, bandwidth, refine_steps=0))[1] for p in paths}
     assert any(not np.array_equal(refined[p], plain[p]) for p in paths)  # refinement changed codes
     assert (index(out)["refine_steps"], index(out)["refine_version"]) == (5, REFINE_VERSION)
     assert tokens.load(out).refine_steps == 5

@@ -24,6 +24,7 @@ from ndvq.compress import compress_file, decode_to_file, decompress_file, encode
 from ndvq.entropy import check_rate_weight
 from ndvq.errors import NdvqError
 from ndvq.presets import PRESETS
+from ndvq.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
 
 log = logging.getLogger("ndvq")
 DEFAULT_MODEL = "speech-16k"  # the trained model that ships in the package (ndvq.pretrained)
@@ -258,11 +259,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--refine",
                 type=_steps,
-                default=0,
+                default=DEFAULT_REFINE_STEPS,
                 metavar="STEPS",
                 help="refine the encoder's latent by analysis by synthesis, STEPS gradient steps on it against the "
-                "input: better audio, the same decoder and format, slower encoding (4 steps: about 5x slower; "
-                "README, Refinement; default 0: off)",
+                "input: better audio, the same decoder and format, slower encoding (README, Refinement; default "
+                f"{DEFAULT_REFINE_STEPS}, about 4x the encoding time of 0, the one-pass encoder)",
             )
         if name in ("decompress", "roundtrip"):
             default = "the input's where the output format holds it" if name == "roundtrip" else "16-bit PCM"
@@ -297,8 +298,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_steps,
         default=0,
         metavar="STEPS",
-        help="encode as compress --refine STEPS: codes that decode closer to the input, much slower (README, "
-        "Refinement; default 0: off); refined codes depend on the threads per worker",
+        help="encode as compress --refine STEPS: codes that decode closer to the input, slower (README, "
+        "Refinement; default 0: the one-pass encoder, where compress takes "
+        f"{DEFAULT_REFINE_STEPS}); refined codes depend on the threads per worker",
     )
     fit = commands.add_parser("fit-entropy", help="Fit a model's entropy tables.", description=_FIT_ENTROPY_HELP)
     fit.add_argument("model", help="model directory (or preset, with --out)")
@@ -334,7 +336,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LABEL=STEPS",
-        help="encode the model labelled LABEL with STEPS steps of refinement (as compress --refine)",
+        help="encode the model labelled LABEL with STEPS steps of refinement, as compress --refine (default 0 for "
+        f"every model: the one-pass encoder; compress takes {DEFAULT_REFINE_STEPS} unless told)",
     )
     evaluate.add_argument(
         "-b", "--bandwidth", nargs="+", type=_kbps, default=["1.5", "3", "6"], help="model bitrates, kbps"

@@ -27,6 +27,7 @@ from ndvq.audio import (
 from ndvq.codec import Codec, signal_scale
 from ndvq.entropy import FULL_WEIGHT_STAGES
 from ndvq.errors import NdvqError
+from ndvq.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
 from ndvq.refine import check_refine_steps
 
 BLOCK_SECONDS = 10.0  # audio read, resampled and written at a time
@@ -103,12 +104,13 @@ def _encode(
     name: str,
     entropy: bool | None = None,
     rate_weight: float | None = None,
-    refine_steps: int = 0,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
 ) -> bytes:
     """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
     (entropy-coded with the model's tables when `entropy`; None: when the model has tables, unless bit-packing
     the same codes takes fewer bytes, as with many steps of refinement). `rate_weight` (see Codec.encode_blocks)
-    defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps` (ndvq.refine) to 0."""
+    defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps` (ndvq.refine) to
+    ndvq.refine.DEFAULT_STEPS."""
     smaller = entropy is None
     if entropy is None:
         entropy = codec.entropy is not None
@@ -168,15 +170,16 @@ def compress(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
-    refine_steps: int = 0,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
 ) -> bytes:
     """wav [C, T] float at `sample_rate` Hz -> .ndvq bytes. Each channel is coded on its own. With `entropy`
     (by default, when the model has entropy tables) the codes are entropy-coded with the model's tables (format
     version 2), and assigned with the tables' rate weight, scaled down under 12 stages (EntropyModel.rate_weight_at),
     unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks); without, bit-packed (format
     version 1); by default (entropy None) the same codes are bit-packed instead where that takes fewer bytes.
-    `refine_steps` > 0: the encoder's latent is refined by analysis by synthesis (ndvq.refine), slower, the same
-    decoder."""
+    The encoder's latent is refined by analysis by synthesis before coding, `refine_steps` steps (ndvq.refine; by
+    default DEFAULT_STEPS, about 4x the encoding time of 0, the one-pass encoder of Codec.encode); the decoder
+    is the same."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 
@@ -194,7 +197,7 @@ def encode_file(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
-    refine_steps: int = 0,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
 ) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
 
@@ -217,7 +220,7 @@ def compress_file(
     progress: bool = False,
     entropy: bool | None = None,
     rate_weight: float | None = None,
-    refine_steps: int = 0,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
 ) -> bytes:
     """Compress an audio file into a .ndvq file, written atomically (see encode_file). Returns its bytes."""
     check_output(target, source=source)

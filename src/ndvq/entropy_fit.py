@@ -59,12 +59,14 @@ def corpus_codes(
     progress: bool = False,
     rate_weight: float = 0.0,
 ) -> Iterator[np.ndarray]:
-    """The codes [C, n_q, frames] of each file at the model's highest bitrate, as `ndvq compress` makes them
-    (rate-aware at `rate_weight` with the model's entropy tables); files that cannot be coded are appended to
-    `failures` as (file, why)."""
+    """The codes [C, n_q, frames] of each file at the model's highest bitrate, as `ndvq compress --refine 0`
+    makes them (the one-pass encoder, rate-aware at `rate_weight` with the model's entropy tables); files that
+    cannot be coded are appended to `failures` as (file, why)."""
     for entry in tqdm(entries, unit="file", disable=not progress, leave=False):
         try:
-            data = encode_file(codec, entry.path, max(codec.bandwidths), entropy=False, rate_weight=rate_weight)
+            data = encode_file(
+                codec, entry.path, max(codec.bandwidths), entropy=False, rate_weight=rate_weight, refine_steps=0
+            )
             yield bitstream.read(data)[1]
         except NdvqError as error:
             failures.append((entry.relative, str(error)))

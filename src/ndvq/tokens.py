@@ -1,7 +1,8 @@
 """Corpus tokenization: every audio file of a folder or manifest -> its codes, in numpy shards.
 
-The codes of a file are exactly those `ndvq compress` stores for it (each file goes through
-`encode_file` on its own, on the CPU), whatever the shard size, workers or ranks. The sorted file list is
+The codes of a file are exactly those `ndvq compress --refine STEPS` stores for it, STEPS being `refine_steps`
+(default 0: the one-pass encoder, where compress refines ndvq.refine.DEFAULT_STEPS unless told; each file goes
+through `encode_file` on its own, on the CPU), whatever the shard size, workers or ranks. The sorted file list is
 cut into shards of about `batch_seconds` of audio each (a shard closes once its files reach that many
 seconds, by their headers' durations), so the plan depends only on the source and `batch_seconds`. Shard k:
 
@@ -332,8 +333,8 @@ def tokenize(
     `codec` is a model or a model directory / preset name. A shard holds about `batch_seconds` seconds of
     audio (it closes once its files reach that much); shard k belongs to rank k % world, whose shards go to
     `workers` processes (spawned, each loading the model with total threads // workers threads). Files are
-    never batched together: each is encoded alone, on the CPU, exactly as `ndvq compress` encodes it (with
-    `refine_steps` as `ndvq compress --refine`; refined codes are equal at equal thread counts).
+    never batched together: each is encoded alone, on the CPU, exactly as `ndvq compress --refine STEPS` encodes
+    it, STEPS being `refine_steps` (0, one pass, by default; refined codes are equal at equal thread counts).
     A file that cannot be encoded (unreadable, too short, non-finite) is recorded as a failure. Finished
     shards are skipped. Under torch.distributed (world > 1), rank 0 writes index.json after a barrier.
     """
