@@ -10,7 +10,7 @@ bundled clip repeated to 10 s, encode (scale and codes) and decode (audio times 
 intra-op threads.
 
 --refine STEPS encodes with that many steps of refinement (ndvq.refine, `ndvq compress --refine`); the default,
-0, times the one-pass encoder (`ndvq compress` refines 4 steps unless told).
+0, times the one-pass encoder (`ndvq compress` refines 3 steps unless told).
 
 --encodec needs `pip install --no-deps encodec==0.1.1 einops` (with its dependencies, encodec would pull a
 torchaudio that replaces torch).
