@@ -31,7 +31,7 @@ CLIP = Path(__file__).with_name("speech_en_16k.flac")
 BITRATES = ("1.5", "3", "6")
 BASELINES = ((OpusSystem, "6"), (Codec2System, "3200"))  # (system, bitrate): the baselines of `ndvq eval`
 METRICS = ("pesq_wb", "stoi", "visqol")
-ONE_PASS = "6"  # bitrate of the one-pass encoder's row (no refinement; README, Refinement)
+ONE_PASS_BITRATE = "6"  # of the one-pass encoder's row (no refinement; README, Refinement)
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
         print("note: an untrained preset: the decoded audio will not resemble the input")
     print(f"encoder: {DEFAULT_STEPS} steps of refinement (ndvq compress's default); ndvq-1p: one pass (--refine 0)")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
-    systems.append((NdvqSystem("ndvq-1p", args.model), ONE_PASS))
+    systems.append((NdvqSystem("ndvq-1p", args.model), ONE_PASS_BITRATE))
     for system, bitrate in BASELINES:
         try:
             systems.append((system(), bitrate))

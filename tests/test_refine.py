@@ -127,6 +127,10 @@ def test_files_are_refined_by_default_and_refine_0_is_the_one_pass_encoder(tmp_p
     assert main(["compress", str(source), str(tmp_path / "one-pass.ndvq"), *tiny, "--refine", "0"]) == 0
     assert (tmp_path / "default.ndvq").read_bytes() == default
     assert (tmp_path / "one-pass.ndvq").read_bytes() == one_pass
+    assert main(["roundtrip", str(source), str(tmp_path / "default.wav"), *tiny]) == 0
+    decoded = sf.read(tmp_path / "default.wav", always_2d=True, dtype="float32")[0].T
+    assert np.allclose(decoded, ndvq.decompress(default, codec)[0], atol=1e-6)
+    assert not np.allclose(decoded, ndvq.decompress(one_pass, codec)[0], atol=1e-6)
 
 
 def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, capsys) -> None:
@@ -135,7 +139,8 @@ def test_the_command_line_refines_and_checks_its_arguments(tmp_path, speech, cap
     codec, tiny = Codec.from_preset("tiny"), ["--model", "tiny", "-b", "8"]
     assert main(["compress", str(source), str(tmp_path / "out.ndvq"), *tiny, "--refine", "5"]) == 0
     refined = ndvq.compress(codec, speech[0][:, :8000], speech[1], 8.0, refine_steps=5)
-    assert (tmp_path / "out.ndvq").read_bytes() == refined != ndvq.compress(codec, speech[0][:, :8000], speech[1], 8.0)
+    one_pass = ndvq.compress(codec, speech[0][:, :8000], speech[1], 8.0, refine_steps=0)
+    assert (tmp_path / "out.ndvq").read_bytes() == refined != one_pass
     assert main(["roundtrip", str(source), str(tmp_path / "out.wav"), *tiny, "--refine", "5"]) == 0
     decoded, _ = ndvq.decompress(refined, codec)
     assert np.allclose(sf.read(tmp_path / "out.wav", always_2d=True)[0].T, decoded, atol=1e-6)

@@ -329,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[LABEL=]DIR",
-        help="a model with entropy tables, its files entropy-coded (as compress --entropy)",
+        help="a model with entropy tables, its files entropy-coded (as compress --entropy, one pass unless --refine)",
     )
     evaluate.add_argument(
         "--refine",
@@ -374,9 +374,9 @@ def _parser() -> argparse.ArgumentParser:
 
 _TOKENIZE_HELP = (
     "Code every audio file of a folder or manifest at one bitrate into numpy shards (shard-NNNNN.npy and .json, "
-    "then index.json); the codes are those `ndvq compress` stores. Read them with ndvq.tokens.load(OUT_DIR). "
-    "Files that cannot be coded are listed as failures; a re-run skips finished shards. Under torchrun, "
-    "the shards are split between the ranks."
+    "then index.json); the codes are those `ndvq compress --refine STEPS` stores, STEPS being --refine (default 0: "
+    "one pass). Read them with ndvq.tokens.load(OUT_DIR). Files that cannot be coded are listed as failures; a "
+    "re-run skips finished shards. Under torchrun, the shards are split between the ranks."
 )
 _FIT_ENTROPY_HELP = (
     "Code the training audio at the model's highest bitrate and fit integer probability tables per stage, "

@@ -178,8 +178,8 @@ def compress(
     unless `rate_weight` is given (0: the most likely codes; see Codec.encode_blocks); without, bit-packed (format
     version 1); by default (entropy None) the same codes are bit-packed instead where that takes fewer bytes.
     The encoder's latent is refined by analysis by synthesis before coding, `refine_steps` steps (ndvq.refine; by
-    default DEFAULT_STEPS, about 4x the encoding time of 0, the one-pass encoder of Codec.encode); the decoder
-    is the same."""
+    default ndvq.refine.DEFAULT_STEPS, about 4x the encoding time of 0, the one-pass encoder of Codec.encode);
+    the decoder is the same."""
     wav = check_audio(wav, "input")
     step = _block_frames(sample_rate)
 

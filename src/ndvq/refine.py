@@ -31,7 +31,7 @@ VERSION = 5  # of the refined codes, for caches of results (ndvq eval); 4: lr; 5
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 # Steps of the file encoder (ndvq.compress, `ndvq compress`) unless told: about 4x the one-pass encoder's time, over
 # 12x real time with decoding at 2 threads, +0.18 PESQ-wb at 6 kbps on held-out voices; 4 steps add 0.01 to 0.03 at
-# 10 to 11x, at the speed target's edge (model card, Refinement). Codec.encode, streaming and tokenizing stay one-pass
+# 10 to 11.5x, at the speed target's edge (model card, Refinement). Codec.encode, streaming and tokenizing stay one-pass
 # unless told.
 DEFAULT_STEPS = 3
 

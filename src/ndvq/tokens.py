@@ -218,7 +218,8 @@ def _finished(out_dir: Path, shards: list[list[Entry]], model: str, encoding: En
 def _make_shard(
     codec: Codec, out_dir: Path, k: int, entries: list[Entry], encoding: Encoding, report: Callable[[float], None]
 ) -> dict[str, Any]:
-    """Encode the shard's files one by one as `ndvq compress` does, then write its .npy and (last) its .json."""
+    """Encode the shard's files one by one as `ndvq compress --refine STEPS` does (STEPS: encoding.refine_steps),
+    then write its .npy and (last) its .json."""
     dtype = np.int16 if codec.codebook_size <= 32768 else np.int32
     items, failures, arrays, offset = [], [], [], 0
     for entry in entries:
