@@ -148,8 +148,9 @@ def _encode(
     )
     data = bitstream.write(header, codes.numpy(), codec.entropy)
     if entropy and smaller:
-        packed = bitstream.write(replace(header, model_id=codec.identity(), entropy_coded=False), codes.numpy())
-        return min(data, packed, key=len)
+        payload = bitstream.payload_size(channels, n_q, header.frames, header.bits)
+        if bitstream.header_size(channels) + payload < len(data):  # bit-packing the same codes is smaller
+            return bitstream.write(replace(header, model_id=codec.identity(), entropy_coded=False), codes.numpy())
     return data
 
 
