@@ -15,7 +15,8 @@ Layout (little-endian), format version 1:
     29      1     channels C
     30      8     length, samples per channel at the audio sample rate
     38      4     frames per channel
-    42      4*C   RMS normalisation scale per channel (float32)
+    42      4*C   output scale per channel (float32): the decoder's output is multiplied by it (the input's RMS,
+                  corrected for the decoder's level by files written since session 35; ndvq.compress)
     ...     P     codes, [C, n_q, frames] in C order, `bits` bits each, least significant bit first
     end-4   4     CRC-32 of everything before it
 

@@ -1,8 +1,9 @@
 """Audio <-> .ndvq: resampling, channels, normalisation and the codec, then the bitstream.
 
 Arrays and files take the same path, block by block. A file is read twice (first the RMS scale, then
-the codes) and decoded straight into the output file, so its waveform is never held whole, only its
-codes (8 bytes per code: 2.9 MB for 10 min at 6 kbps with `speech-16k-large`).
+the codes, which are then decoded once to set the stored scale's level) and decoded straight into the
+output file, so its waveform is never held whole, only its codes (8 bytes per code: 2.9 MB for 10 min at
+6 kbps with `speech-16k-large`).
 """
 
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,9 @@ from ndvq.refine import DEFAULT_STEPS as DEFAULT_REFINE_STEPS
 from ndvq.refine import check_refine_steps
 
 BLOCK_SECONDS = 10.0  # audio read, resampled and written at a time
+# The stored scale corrects the decoder's level (_level_matched): in steps of LEVEL_STEP_DB, at most MAX_LEVEL_DB.
+LEVEL_STEP_DB, MAX_LEVEL_DB = 0.01, 12.0
+WRITER_VERSION = 2  # of what compress writes for given codes, for caches of results; 2: level-matched scales
 
 Blocks = Callable[[], Iterator[np.ndarray]]  # each call: a fresh pass over one signal, blocks [C, n] float32
 
@@ -70,9 +74,10 @@ def _at_model_rate(
 
 def _scale_and_length(
     codec: Codec, blocks: Iterable[np.ndarray], sample_rate: int, channels: int, name: str
-) -> tuple[torch.Tensor, int]:
-    """The first pass: the RMS scale per channel at the model's rate [C, 1, 1], and the length in samples."""
-    length = 0
+) -> tuple[torch.Tensor, int, int]:
+    """The first pass: the RMS scale per channel at the model's rate [C, 1, 1], and the length in samples at
+    sample_rate and at the model's rate."""
+    length, model_length = 0, 0
 
     def counted() -> Iterator[np.ndarray]:
         nonlocal length
@@ -81,7 +86,7 @@ def _scale_and_length(
             yield block
 
     def at_least_one_sample() -> Iterator[torch.Tensor]:
-        model_length = 0
+        nonlocal model_length
         for block in _at_model_rate(codec, counted(), sample_rate, channels):
             model_length += block.shape[-1]
             yield block
@@ -91,7 +96,30 @@ def _scale_and_length(
                 f"not one sample at the model's {codec.sample_rate} Hz)"
             )
 
-    return signal_scale(at_least_one_sample()), length
+    scale = signal_scale(at_least_one_sample())
+    return scale, length, model_length
+
+
+def _level_matched(codec: Codec, codes: torch.Tensor, scale: torch.Tensor, model_length: int) -> torch.Tensor:
+    """The scale [C, 1, 1] to store: the input's RMS corrected so that the decode has the input's RMS.
+
+    The decoder's level is off by a voice-dependent gain (the shipped model on held-out voices: 1.2 dB quieter on
+    a studio voice, 1.8 to 5.4 dB on others; benchmarks/level.py, docs/ndvq-that-learns.md, session 35). One
+    decoding pass over the codes measures it; the correction is rounded to LEVEL_STEP_DB (so that rounding
+    differences between thread counts seldom reach the file) and kept within MAX_LEVEL_DB. The format is
+    unchanged: decoders multiply by the stored scale as before.
+    """
+    energy, remaining = torch.zeros(scale.shape, dtype=torch.float64), model_length
+    for block in codec.decode_blocks(codes):
+        kept = block[..., :remaining].double()
+        energy += kept.square().sum(dim=-1, keepdim=True)
+        remaining -= kept.shape[-1]
+    decoded = (energy / max(model_length, 1)).sqrt()
+    normalised = (scale - 1e-8).clamp_min(0) / scale  # the RMS of the input the encoder saw (input / scale)
+    db = 20 * torch.log10(normalised.double() / decoded.clamp_min(1e-30))
+    db = torch.where(decoded > 0, db, torch.zeros_like(db)).clamp(-MAX_LEVEL_DB, MAX_LEVEL_DB)
+    db = torch.round(db / LEVEL_STEP_DB) * LEVEL_STEP_DB
+    return (scale.double() * 10 ** (db / 20)).float()
 
 
 def _encode(
@@ -125,13 +153,15 @@ def _encode(
     if rate_weight is None:
         rate_weight = codec.entropy.rate_weight_at(n_q) if entropy else 0.0
     check_refine_steps(refine_steps)
-    scale, length = _scale_and_length(codec, read(), sample_rate, channels, name)
-    if float(scale.max()) > bitstream.MAX_SCALE:
-        raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {bitstream.MAX_SCALE:g})")
+    scale, length, model_length = _scale_and_length(codec, read(), sample_rate, channels, name)
+    loudest = bitstream.MAX_SCALE / 10 ** (MAX_LEVEL_DB / 20)  # the level correction may raise the scale so much
+    if float(scale.max()) > loudest:
+        raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {loudest:g})")
     blocks = _with_progress(read(), sample_rate, length / sample_rate, progress)
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
     coded = codec.encode_blocks(model_blocks, bandwidth, scale, rate_weight=rate_weight, refine_steps=refine_steps)
     codes = torch.cat(list(coded), dim=-1)
+    scale = _level_matched(codec, codes, scale, model_length)
     header = bitstream.Header(
         model_id=codec.identity(entropy),
         model_sample_rate=codec.sample_rate,

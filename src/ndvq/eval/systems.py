@@ -16,7 +16,7 @@ import soundfile as sf
 
 from ndvq.audio import mono_at, resample
 from ndvq.codec import Codec
-from ndvq.compress import codes_identity, compress, decompress
+from ndvq.compress import WRITER_VERSION, codes_identity, compress, decompress
 from ndvq.errors import NdvqError
 from ndvq.refine import VERSION as REFINE_VERSION
 
@@ -43,6 +43,7 @@ class NdvqSystem:
             raise NdvqError(f"{model}: no entropy tables to evaluate entropy coding with (ndvq fit-entropy)")
         # Results cached for other weights, tables, rate weights or refinements are not this system's.
         self.identity = codes_identity(self.codec) if entropy else self.codec.identity().hex()
+        self.identity += f"-file{WRITER_VERSION}"
         if refine:
             self.identity += f"-refine{refine}v{REFINE_VERSION}"
 
