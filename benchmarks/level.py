@@ -28,6 +28,7 @@ MEL_FFT = 512
 
 
 def rms(wav: np.ndarray) -> float:
+    """RMS of wav (any shape), in float64."""
     return float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
 
 

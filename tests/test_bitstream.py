@@ -1,8 +1,14 @@
+import os
+import tempfile
+
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 import torch
 
 from ndvq import Codec, NdvqError, bitstream, compress, decompress
+from ndvq.compress import encode_file
 
 
 @pytest.mark.parametrize("bits", [1, 3, 8, 10, 13, 16])
@@ -29,16 +35,25 @@ def test_compress_round_trip_is_bit_exact_for_codes(tiny: Codec, speech) -> None
 
 def test_decoded_audio_has_the_input_level(tiny: Codec, speech) -> None:
     """The stored scale is the input's RMS corrected for the decoder's level, so that the decode has the input's
-    RMS (within the correction's 0.01 dB steps), whatever the model's own gain; the codes are Codec.encode's."""
+    RMS per channel (within the correction's 0.01 dB steps) at any rate, whatever the model's own gain; the codes
+    are those of the input's RMS alone (`match_level=False`, what tokenizing uses)."""
     wav, rate = speech
-    for loudness in (0.01, 1.0):
-        data = compress(tiny, loudness * wav, rate, 4.0, refine_steps=0)
+    cases = [(wav, rate), (0.01 * wav, rate)]
+    for other in (44100, 8000):  # two channels of different loudness, resampled to and from the model's rate
+        mono = soxr.resample(wav[0], rate, other).astype(np.float32)
+        cases.append((np.stack([mono, 0.1 * mono[::-1]]), other))
+    for audio, audio_rate in cases:
+        data = compress(tiny, audio, audio_rate, 4.0, refine_steps=0)
         header, codes = bitstream.read(data)
-        _, scale = tiny.encode(torch.from_numpy(loudness * wav)[:, None], 4.0)
         decoded, _ = decompress(data, tiny)
-        level = 20 * np.log10(np.sqrt(np.mean(decoded.astype(np.float64) ** 2) / np.mean((loudness * wav) ** 2)))
-        assert abs(level) < 0.01
-        assert abs(20 * np.log10(header.scales[0] / float(scale))) > 1  # the untrained decoder's gain, corrected
+        level = 10 * np.log10(np.mean(decoded.astype(np.float64) ** 2, axis=1) / np.mean(audio**2, axis=1))
+        assert np.abs(level).max() < 0.01
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "in.wav")
+            sf.write(path, audio.T, audio_rate, subtype="FLOAT")
+            plain = bitstream.read(encode_file(tiny, path, 4.0, refine_steps=0, match_level=False))
+        assert np.array_equal(plain[1], codes)
+        assert np.abs(20 * np.log10(np.array(header.scales) / np.array(plain[0].scales))).min() > 1  # corrected
 
 
 @pytest.mark.parametrize("channels, rate, seconds", [(1, 16000, 1.0), (2, 44100, 0.7), (3, 8000, 0.01)])

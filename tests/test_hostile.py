@@ -126,7 +126,7 @@ def test_too_short_and_out_of_range_audio_is_refused_when_encoding(tiny: Codec) 
         compress(tiny, np.full((1, 2), 0.1, np.float32), 96000, 2.0)
     with pytest.raises(NdvqError, match="sample rate 800 Hz, not between 1000 and 768000"):
         compress(tiny, np.full((1, 800), 0.1, np.float32), 800, 2.0)
-    with pytest.raises(NdvqError, match=r"too loud \(RMS 1e\+31, at most 2\.51189e\+29\)"):
+    with pytest.raises(NdvqError, match=r"too loud \(RMS 1e\+31, at most 1e\+30\)"):
         compress(tiny, np.full((1, 800), 1e31, np.float32), 16000, 2.0)
 
 

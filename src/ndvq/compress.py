@@ -9,6 +9,7 @@ output file, so its waveform is never held whole, only its codes (8 bytes per co
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 import os
+from typing import NamedTuple
 
 import numpy as np
 import soxr
@@ -72,17 +73,21 @@ def _at_model_rate(
         yield torch.from_numpy(block)[:, None]
 
 
-def _scale_and_length(
-    codec: Codec, blocks: Iterable[np.ndarray], sample_rate: int, channels: int, name: str
-) -> tuple[torch.Tensor, int, int]:
-    """The first pass: the RMS scale per channel at the model's rate [C, 1, 1], and the length in samples at
-    sample_rate and at the model's rate."""
-    length, model_length = 0, 0
+class FirstPass(NamedTuple):
+    scale: torch.Tensor  # RMS per channel at the model's rate, plus 1e-8 (signal_scale): [C, 1, 1]
+    length: int  # samples per channel at the input's rate
+    rms: np.ndarray  # RMS per channel at the input's rate, float64: [C]
+
+
+def _first_pass(codec: Codec, blocks: Iterable[np.ndarray], sample_rate: int, channels: int, name: str) -> FirstPass:
+    """The scale the encoder divides by, the length, and the input's own RMS, in one pass over blocks [C, n]."""
+    length, model_length, energy = 0, 0, np.zeros(channels)
 
     def counted() -> Iterator[np.ndarray]:
-        nonlocal length
+        nonlocal length, energy
         for block in blocks:
             length += block.shape[1]
+            energy = energy + np.square(block, dtype=np.float64).sum(axis=1)
             yield block
 
     def at_least_one_sample() -> Iterator[torch.Tensor]:
@@ -97,29 +102,33 @@ def _scale_and_length(
             )
 
     scale = signal_scale(at_least_one_sample())
-    return scale, length, model_length
+    return FirstPass(scale, length, np.sqrt(energy / length))
 
 
-def _level_matched(codec: Codec, codes: torch.Tensor, scale: torch.Tensor, model_length: int) -> torch.Tensor:
-    """The scale [C, 1, 1] to store: the input's RMS corrected so that the decode has the input's RMS.
+def _level_matched(codec: Codec, codes: torch.Tensor, sample_rate: int, first: FirstPass) -> torch.Tensor:
+    """The scale [C, 1, 1] to store: first.scale corrected so that the decode, as decompress returns it (at the
+    input's rate and length), has the input's RMS.
 
     The decoder's level is off by a voice-dependent gain (the shipped model on held-out voices: 1.2 dB quieter on
     a studio voice, 1.8 to 5.4 dB on others; benchmarks/level.py, docs/ndvq-that-learns.md, session 35). One
     decoding pass over the codes measures it; the correction is rounded to LEVEL_STEP_DB (so that rounding
-    differences between thread counts seldom reach the file) and kept within MAX_LEVEL_DB. The format is
+    differences between thread counts seldom reach the file) and kept within MAX_LEVEL_DB, and not applied where
+    the input or its decode is silent or where it would take the scale over bitstream.MAX_SCALE. The format is
     unchanged: decoders multiply by the stored scale as before.
     """
-    energy, remaining = torch.zeros(scale.shape, dtype=torch.float64), model_length
-    for block in codec.decode_blocks(codes):
-        kept = block[..., :remaining].double()
-        energy += kept.square().sum(dim=-1, keepdim=True)
-        remaining -= kept.shape[-1]
-    decoded = (energy / max(model_length, 1)).sqrt()
-    normalised = (scale - 1e-8).clamp_min(0) / scale  # the RMS of the input the encoder saw (input / scale)
-    db = 20 * torch.log10(normalised.double() / decoded.clamp_min(1e-30))
-    db = torch.where(decoded > 0, db, torch.zeros_like(db)).clamp(-MAX_LEVEL_DB, MAX_LEVEL_DB)
-    db = torch.round(db / LEVEL_STEP_DB) * LEVEL_STEP_DB
-    return (scale.double() * 10 ** (db / 20)).float()
+    channels = codes.shape[0]
+    decoded = (wav[:, 0].numpy() for wav in codec.decode_blocks(codes))  # at unit scale
+    energy = np.zeros(channels)
+    for block in _trimmed(_resampled(decoded, codec.sample_rate, sample_rate, channels), channels, first.length):
+        energy += np.square(block, dtype=np.float64).sum(axis=1)
+    decoded_rms = np.sqrt(energy / first.length)
+    scale = first.scale.reshape(-1).double().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        db = 20 * np.log10(first.rms / (scale * decoded_rms))
+    db = np.round(np.clip(db, -MAX_LEVEL_DB, MAX_LEVEL_DB) / LEVEL_STEP_DB) * LEVEL_STEP_DB
+    stored = scale * 10 ** (db / 20)
+    keep = ~np.isfinite(db) | (first.rms == 0) | (decoded_rms == 0) | (stored > bitstream.MAX_SCALE)
+    return torch.from_numpy(np.where(keep, scale, stored)).float().reshape(first.scale.shape)
 
 
 def _encode(
@@ -133,8 +142,10 @@ def _encode(
     entropy: bool | None = None,
     rate_weight: float | None = None,
     refine_steps: int = DEFAULT_REFINE_STEPS,
+    match_level: bool = True,
 ) -> bytes:
-    """Two passes over read() at sample_rate Hz: the scale and length, then the codes; -> .ndvq bytes
+    """Two passes over read() at sample_rate Hz: the scale and length, then the codes, which are decoded once to
+    set the stored scale (_level_matched; with `match_level` False the input's RMS is stored); -> .ndvq bytes
     (entropy-coded with the model's tables when `entropy`; None: when the model has tables, unless bit-packing
     the same codes takes fewer bytes, as with many steps of refinement). `rate_weight` (see Codec.encode_blocks)
     defaults to EntropyModel.rate_weight_at when entropy-coding, else 0; `refine_steps` (ndvq.refine) to
@@ -153,15 +164,16 @@ def _encode(
     if rate_weight is None:
         rate_weight = codec.entropy.rate_weight_at(n_q) if entropy else 0.0
     check_refine_steps(refine_steps)
-    scale, length, model_length = _scale_and_length(codec, read(), sample_rate, channels, name)
-    loudest = bitstream.MAX_SCALE / 10 ** (MAX_LEVEL_DB / 20)  # the level correction may raise the scale so much
-    if float(scale.max()) > loudest:
-        raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {loudest:g})")
+    first = _first_pass(codec, read(), sample_rate, channels, name)
+    scale, length = first.scale, first.length
+    if float(scale.max()) > bitstream.MAX_SCALE:
+        raise NdvqError(f"{name}: too loud (RMS {float(scale.max()):g}, at most {bitstream.MAX_SCALE:g})")
     blocks = _with_progress(read(), sample_rate, length / sample_rate, progress)
     model_blocks = _at_model_rate(codec, blocks, sample_rate, channels)
     coded = codec.encode_blocks(model_blocks, bandwidth, scale, rate_weight=rate_weight, refine_steps=refine_steps)
     codes = torch.cat(list(coded), dim=-1)
-    scale = _level_matched(codec, codes, scale, model_length)
+    if match_level:
+        scale = _level_matched(codec, codes, sample_rate, first)
     header = bitstream.Header(
         model_id=codec.identity(entropy),
         model_sample_rate=codec.sample_rate,
@@ -229,18 +241,21 @@ def encode_file(
     entropy: bool | None = None,
     rate_weight: float | None = None,
     refine_steps: int = DEFAULT_REFINE_STEPS,
+    match_level: bool = True,
 ) -> bytes:
     """An audio file (anything soundfile reads) -> .ndvq bytes, equal to compress() of its samples.
 
     The file is read twice, block by block; unreadable, truncated or empty files and NaN or infinite
-    samples raise NdvqError naming it.
+    samples raise NdvqError naming it. With `match_level` False the file stores the input's RMS as its scale
+    and skips the decoding pass that sets it (README, Level): the same codes, for callers that want only them.
     """
     with open_audio(source) as audio:
         step = _block_frames(audio.samplerate)
         blocks = lambda: audio_blocks(audio, step)  # noqa: E731
         name = str(source)
         rate, channels = audio.samplerate, audio.channels
-        return _encode(codec, blocks, rate, channels, bandwidth, progress, name, entropy, rate_weight, refine_steps)
+        options = (entropy, rate_weight, refine_steps, match_level)
+        return _encode(codec, blocks, rate, channels, bandwidth, progress, name, *options)
 
 
 def compress_file(

@@ -224,7 +224,10 @@ def _make_shard(
     items, failures, arrays, offset = [], [], [], 0
     for entry in entries:
         try:
-            data = encode_file(codec, entry.path, encoding.bandwidth, refine_steps=encoding.refine_steps)
+            # Tokens keep the codes only: no decoding pass for the stored scale's level.
+            data = encode_file(
+                codec, entry.path, encoding.bandwidth, refine_steps=encoding.refine_steps, match_level=False
+            )
             header, codes = bitstream.read(data, entry.relative, codec.entropy)
         except NdvqError as error:
             reason = str(error).splitlines()[0].removeprefix(f"{entry.path}: ")
