@@ -63,7 +63,7 @@ def main() -> None:
         print("note: an untrained preset: the decoded audio will not resemble the input")
     print(f"encoder: {DEFAULT_STEPS} steps of refinement (ndvq compress's default); ndvq-1p: one pass (--refine 0)")
     systems: list[tuple[Any, str]] = [(model, bitrate) for bitrate in BITRATES]
-    systems.append((NdvqSystem("ndvq-1p", args.model), ONE_PASS_BITRATE))
+    systems.append((NdvqSystem("ndvq-1p", args.model, codec=codec), ONE_PASS_BITRATE))
     for system, bitrate in BASELINES:
         try:
             systems.append((system(), bitrate))

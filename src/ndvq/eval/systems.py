@@ -32,13 +32,15 @@ class Coded:
 class NdvqSystem:
     """A model directory (or preset) at its bitrates in kbps; with `entropy`, its files are entropy-coded with
     the model's tables (and assigned with their rate weight); with `refine` > 0, encoded with that many steps of
-    refinement (ndvq.refine)."""
+    refinement (ndvq.refine). `codec`: the model already loaded (from `model`), to share it between systems."""
 
     aligned = True  # decodes are sample-aligned with the input by construction: no delay to search for
 
-    def __init__(self, label: str, model: str, entropy: bool = False, refine: int = 0) -> None:
+    def __init__(
+        self, label: str, model: str, entropy: bool = False, refine: int = 0, codec: Codec | None = None
+    ) -> None:
         self.label, self.model, self.entropy, self.refine = label, model, entropy, refine
-        self.codec = Codec.load(model)
+        self.codec = Codec.load(model) if codec is None else codec
         if entropy and self.codec.entropy is None:
             raise NdvqError(f"{model}: no entropy tables to evaluate entropy coding with (ndvq fit-entropy)")
         # Results cached for other weights, tables, rate weights or refinements are not this system's.
