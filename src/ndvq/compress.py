@@ -117,9 +117,8 @@ def _level_matched(codec: Codec, codes: torch.Tensor, sample_rate: int, first: F
     unchanged: decoders multiply by the stored scale as before.
     """
     channels = codes.shape[0]
-    decoded = (wav[:, 0].numpy() for wav in codec.decode_blocks(codes))  # at unit scale
     energy = np.zeros(channels)
-    for block in _trimmed(_resampled(decoded, codec.sample_rate, sample_rate, channels), channels, first.length):
+    for block in _trimmed(_decoded_blocks(codec, codes, None, sample_rate), channels, first.length):  # unit scale
         energy += np.square(block, dtype=np.float64).sum(axis=1)
     decoded_rms = np.sqrt(energy / first.length)
     scale = first.scale.reshape(-1).double().numpy()
@@ -279,7 +278,9 @@ def _decoded(codec: Codec, data: bytes, name: str, progress: bool) -> tuple[bits
     """The header, and the decoded audio as blocks [C, n] at the original rate, `length` samples in all."""
     _check_model(codec, bitstream.read_header(data, name), name)
     header, codes = bitstream.read(data, name, codec.entropy)
-    blocks = _trimmed(_decoded_blocks(codec, header, codes), header.channels, header.length)
+    scale = torch.tensor(header.scales, dtype=torch.float32)[:, None, None]
+    decoded = _decoded_blocks(codec, torch.from_numpy(codes), scale, header.sample_rate)
+    blocks = _trimmed(decoded, header.channels, header.length)
     return header, _with_progress(blocks, header.sample_rate, header.duration, progress)
 
 
@@ -302,11 +303,13 @@ def _check_model(codec: Codec, header: bitstream.Header, name: str) -> None:
         )
 
 
-def _decoded_blocks(codec: Codec, header: bitstream.Header, codes: np.ndarray) -> Iterator[np.ndarray]:
-    """codes [C, n_q, frames] -> consecutive blocks [C, n] of audio at the header's sample rate."""
-    scale = torch.tensor(header.scales, dtype=torch.float32)[:, None, None]
-    decoded = (wav[:, 0].numpy() for wav in codec.decode_blocks(torch.from_numpy(codes), scale))
-    return _resampled(decoded, codec.sample_rate, header.sample_rate, header.channels)
+def _decoded_blocks(
+    codec: Codec, codes: torch.Tensor, scale: torch.Tensor | None, sample_rate: int
+) -> Iterator[np.ndarray]:
+    """codes [C, n_q, frames] (times scale [C, 1, 1]; None: the decoder's own level) -> consecutive blocks [C, n]
+    of audio at sample_rate Hz, as decompress returns them before trimming to the length."""
+    decoded = (wav[:, 0].numpy() for wav in codec.decode_blocks(codes, scale))
+    return _resampled(decoded, codec.sample_rate, sample_rate, codes.shape[0])
 
 
 def _trimmed(blocks: Iterable[np.ndarray], channels: int, length: int) -> Iterator[np.ndarray]:
