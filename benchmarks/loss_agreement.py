@@ -5,11 +5,11 @@
 For files taken at equal steps through a manifest (those of 1 s or more), decodes of the model at each
 bitrate, of Opus at 6 and 12 kbps and of Codec2 at 3200 and 700C (where installed), each delay-compensated
 as `ndvq eval` does, scored by PESQ-wb and STOI (pystoi) and by the training losses of ndvq.modules.distances:
-multi-scale mel (`loss.mel`), STOI's (`loss.stoi`), PESQ's disturbance (`loss.pesq`) and the same with
-P.862's 49 bands and weights (`pesq-p862`). Prints each loss's mean per codec and its
-Spearman rank correlation with each metric, pooled over every decode and within each file (the mean over
-files of the correlation across codecs: file difficulty taken out). A loss that agrees with a metric
-correlates negatively with it (lower loss, higher score).
+multi-scale mel (`loss.mel`), STOI's (`loss.stoi`), PESQ's disturbance (`loss.pesq`), the same with
+P.862's 49 bands and weights (`pesq-p862`) and spectral convergence on linear magnitudes (`loss.convergence`).
+Prints each loss's mean per codec and its Spearman rank correlation with each metric, pooled over every
+decode and within each file (the mean over files of the correlation across codecs: file difficulty taken
+out). A loss that agrees with a metric correlates negatively with it (lower loss, higher score).
 """
 
 import argparse
@@ -23,13 +23,14 @@ from ndvq.errors import NdvqError
 from ndvq.eval.metrics import RATE, prepare, score
 from ndvq.eval.systems import Codec2System, NdvqSystem, OpusSystem
 from ndvq.manifest import read_manifest
-from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss
+from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, SpectralConvergenceLoss
 
 LOSSES = {
     "mel": MultiScaleMelLoss(RATE),
     "stoi": IntelligibilityLoss(RATE),
     "pesq": DisturbanceLoss(RATE),
     "pesq-p862": DisturbanceLoss(RATE, bands=49, asymmetric=0.0309),  # P.862's band count and weights
+    "convergence": SpectralConvergenceLoss(),
 }
 METRICS = ("pesq_wb", "stoi")
 

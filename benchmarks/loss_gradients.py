@@ -19,7 +19,13 @@ import torch.nn.functional as F
 
 from ndvq import Codec
 from ndvq.manifest import read_manifest
-from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, PhaseDerivativeLoss
+from ndvq.modules.distances import (
+    DisturbanceLoss,
+    IntelligibilityLoss,
+    MultiScaleMelLoss,
+    PhaseDerivativeLoss,
+    SpectralConvergenceLoss,
+)
 
 
 def crops(manifest: str, count: int, length: int) -> torch.Tensor:
@@ -59,6 +65,7 @@ def main() -> None:
     losses = {
         "mel": MultiScaleMelLoss(rate),
         "phase": PhaseDerivativeLoss(),
+        "convergence": SpectralConvergenceLoss(),
         "stoi": IntelligibilityLoss(rate),
         "pesq": DisturbanceLoss(rate),
     }

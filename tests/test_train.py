@@ -422,6 +422,21 @@ def pulsing_voice(seconds: float) -> torch.Tensor:
     return (0.05 * voice).reshape(1, 1, -1)
 
 
+def test_spectral_convergence_counts_the_loud_bins() -> None:
+    from ndvq.modules.distances import MultiScaleMelLoss, SpectralConvergenceLoss
+
+    torch.manual_seed(0)
+    x, convergence = pulsing_voice(0.5), SpectralConvergenceLoss()
+    assert convergence(x, x).item() < 1e-6
+    # a decode 3 dB quieter misses 1 - 10 ** (-3 / 20) of every magnitude
+    assert convergence(10 ** (-3 / 20) * x, x).item() == pytest.approx(1 - 10 ** (-3 / 20), rel=1e-4)
+    # noise 40 dB under the voice: the log-mel loss counts it in every quiet bin, this loss hardly at all
+    noisy = x + 0.01 * x.pow(2).mean().sqrt() * torch.randn_like(x)
+    mel = MultiScaleMelLoss(16000)
+    assert convergence(noisy, x).item() < 0.1 * convergence(0.7 * x, x).item()
+    assert mel(noisy, x).item() > mel(0.7 * x, x).item()
+
+
 def test_intelligibility_loss_follows_pystoi() -> None:
     from pystoi import stoi
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ndvq.modules.spectral import LogMel, mel_filterbank, spectral_distance, stft
+from ndvq.modules.spectral import LogMel, magnitude, mel_filterbank, spectral_distance, stft
 
 MEL_SCALES = tuple(2**i for i in range(5, 12))  # n_fft 32 .. 2048
 
@@ -45,7 +45,20 @@ class MultiScaleMelLoss(nn.Module):
         return spectral_distance(list(self.mels), estimate, target)
 
 
-class PhaseDerivativeLoss(nn.Module):
+class MultiWindowLoss(nn.Module):
+    """Base of the losses computed on STFTs at each n_fft in `scales` (Hann window of n_fft samples)."""
+
+    def __init__(self, scales: tuple[int, ...] = (512, 1024, 2048), eps: float = 1e-5) -> None:
+        super().__init__()
+        self.scales, self.eps = scales, eps
+        for n_fft in scales:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def windows(self) -> list[torch.Tensor]:
+        return [getattr(self, f"window_{n_fft}") for n_fft in self.scales]
+
+
+class PhaseDerivativeLoss(MultiWindowLoss):
     """Distance between the STFT phase derivatives of two waveforms, in time (instantaneous frequency) and
     in frequency (group delay), weighted by the target's magnitude; mean over n_fft in `scales` (hop n_fft / 4).
 
@@ -54,16 +67,9 @@ class PhaseDerivativeLoss(nn.Module):
     perfect match, smooth everywhere, and needs no unwrapping. Waveforms [B, 1, T] -> scalar in [0, 2].
     """
 
-    def __init__(self, scales: tuple[int, ...] = (512, 1024, 2048), eps: float = 1e-5) -> None:
-        super().__init__()
-        self.scales, self.eps = scales, eps
-        for n_fft in scales:
-            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
-
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = 0.0
-        for n_fft in self.scales:
-            window = getattr(self, f"window_{n_fft}")
+        for window in self.windows():
             spectra = [stft(wav, window) for wav in (estimate, target)]  # [B, bins, frames]
             # unit phasors (smooth at zero magnitude) and the target's magnitude as the weight
             est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in spectra)
@@ -75,6 +81,26 @@ class PhaseDerivativeLoss(nn.Module):
                 w = torch.sqrt(_next(weight, dim) * _this(weight, dim))
                 total = total + ((1 - cosine) * w).sum() / w.sum().clamp_min(1e-8)
         return total / (2 * len(self.scales))
+
+
+class SpectralConvergenceLoss(MultiWindowLoss):
+    """Spectral convergence on linear STFT magnitudes, ||S - S_hat||_F / ||S||_F over the whole batch, mean over
+    n_fft in `scales` (hop n_fft / 4): waveforms [B, 1, T] -> scalar >= 0, 0 for a perfect match.
+
+    Linear magnitudes weigh each bin by its energy, so the loudest bins of the loudest crops decide it: the
+    level and shape of formants and harmonics, which log-domain losses (mel, PESQ's loudness) count no more
+    than the quiet bins between them (after Parallel WaveGAN's multi-resolution STFT loss).
+    """
+
+    def __init__(self, scales: tuple[int, ...] = (512, 1024, 2048)) -> None:
+        super().__init__(scales, eps=1e-7)
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for window in self.windows():
+            est, tgt = (magnitude(wav, window) for wav in (estimate, target))
+            total = total + (est - tgt).norm() / (tgt.norm() + self.eps)
+        return total / len(self.scales)
 
 
 class IntelligibilityLoss(nn.Module):

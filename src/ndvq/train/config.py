@@ -46,6 +46,7 @@ class LossConfig:
     mel: float = 0.5  # multi-scale log-mel, L1 + MSE
     mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
     phase: float = 0.0  # STFT phase derivatives (modules.distances.PhaseDerivativeLoss); 0: not computed
+    convergence: float = 0.0  # linear STFT magnitudes (modules.distances.SpectralConvergenceLoss); 0: not computed
     stoi: float = 0.0  # 1 - STOI, differentiable (modules.distances.IntelligibilityLoss); 0: not computed
     pesq: float = 0.0  # PESQ's disturbance, differentiable (modules.distances.DisturbanceLoss); 0: not computed
     quantizer: float = 0.5
@@ -112,7 +113,7 @@ class TrainConfig:
                 f"loss.mel_bins: expected {len(MEL_SCALES)} positive bin counts (n_fft {MEL_SCALES[0]} .. "
                 f"{MEL_SCALES[-1]}), got {list(self.loss.mel_bins)}"
             )
-        for name in ("phase", "stoi"):
+        for name in ("phase", "convergence", "stoi"):
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         check_speed(self.data.speed)

@@ -24,7 +24,13 @@ from ndvq.codec import Codec
 from ndvq.config import CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.eval.metrics import score
-from ndvq.modules.distances import DisturbanceLoss, IntelligibilityLoss, MultiScaleMelLoss, PhaseDerivativeLoss
+from ndvq.modules.distances import (
+    DisturbanceLoss,
+    IntelligibilityLoss,
+    MultiScaleMelLoss,
+    PhaseDerivativeLoss,
+    SpectralConvergenceLoss,
+)
 from ndvq.quantization import ResidualQuantizer
 from ndvq.quantization.usage import code_counts, codebook_usage
 from ndvq.train.checkpoint import checkpoint_of_step, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -116,6 +122,7 @@ class Trainer:
         self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, config.loss.mel_bins).to(self.device)
         self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
+        self.convergence_loss = SpectralConvergenceLoss().to(self.device)
         self.stoi_loss = IntelligibilityLoss(codec_config.sample_rate).to(self.device)
         self.pesq_loss = DisturbanceLoss(codec_config.sample_rate).to(self.device)
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
@@ -241,6 +248,8 @@ class Trainer:
         losses = {"waveform": F.l1_loss(decoded, wav), "mel": self.mel_loss(decoded, wav)}
         if weights.phase:
             losses["phase"] = self.phase_loss(decoded, wav)
+        if weights.convergence:
+            losses["convergence"] = self.convergence_loss(decoded, wav)
         if weights.stoi:
             losses["stoi"] = self.stoi_loss(decoded, wav)
         if weights.pesq:
