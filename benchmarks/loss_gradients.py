@@ -5,9 +5,10 @@
 Decodes a batch of training-like crops (drawn from the manifest's files of 1 s or more, seed 0) and prints,
 for each loss of ndvq.modules.distances, its value, the norm of its gradient with respect to the decoded
 waveform (what a `loss.NAME` weight multiplies: compare weighted norms to balance losses), the share of the
-squared gradient that falls in the crop with the largest one, and the share in samples whose target is
-more than 40 dB under the crop's loudest 32 ms. A loss whose gradient sits in one quiet crop steers the
-update by that crop alone.
+squared gradient that falls in the crop with the largest one, the share in samples whose target is
+more than 40 dB under the crop's loudest 32 ms, and "gain": the derivative of the loss along the decode's level,
+d loss(g * decoded) / dg at g = 1 (positive: the loss asks for a quieter decode). A loss whose gradient sits in
+one quiet crop steers the update by that crop alone; one whose value ignores the level should have a gain of 0.
 """
 
 import argparse
@@ -69,7 +70,8 @@ def main() -> None:
         "stoi": IntelligibilityLoss(rate),
         "pesq": DisturbanceLoss(rate),
     }
-    print(f"{'loss':6s} {'value':>8s} {'grad norm':>10s} {'top crop':>9s} {'crop':>5s} {'quiet part':>11s}")
+    header = f"{'loss':11s} {'value':>8s} {'grad norm':>10s} {'top crop':>9s} {'crop':>5s} {'quiet part':>11s}"
+    print(f"{header} {'gain':>8s}")
     for name, loss in losses.items():
         decoded.grad = None
         value = loss(decoded, wav)
@@ -77,9 +79,10 @@ def main() -> None:
         squared = decoded.grad.pow(2)
         per_crop = squared.sum(dim=(1, 2)) / squared.sum()
         top = int(per_crop.argmax())
+        gain = (decoded.grad * decoded).sum()  # the gradient along the decode itself
         print(
-            f"{name:6s} {value.item():8.4f} {squared.sum().sqrt().item():10.3g} {per_crop[top].item():9.2f} "
-            f"{top:5d} {(squared[quiet].sum() / squared.sum()).item():11.2f}"
+            f"{name:11s} {value.item():8.4f} {squared.sum().sqrt().item():10.3g} {per_crop[top].item():9.2f} "
+            f"{top:5d} {(squared[quiet].sum() / squared.sum()).item():11.2f} {gain.item():+8.4f}"
         )
 
 

@@ -485,6 +485,10 @@ def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:
         losses.append(loss(y, x).item())
         scores.append(pesq(16000, x.flatten().numpy(), y.flatten().numpy(), "wb"))
     assert losses[0] < losses[1] < losses[2] and scores[0] > scores[1] > scores[2], (losses, scores)
+    # nor does its gradient push a decode's level (which would make a decoder trained on it quieter and quieter)
+    gain = torch.ones((), requires_grad=True)
+    loss(gain * y, x).backward()
+    assert abs(gain.grad.item()) < 1e-3 * losses[2]
     # a crop of silence stays silence (the level floor): faint noise in it costs little, and gradients stay finite
     quiet = 1e-6 * torch.randn_like(x)
     assert loss(quiet + 1e-5 * torch.randn_like(x), quiet).item() < losses[0]
@@ -500,6 +504,14 @@ def test_pesq_weight_adds_the_disturbance_loss_to_training(tmp_path, corpus) -> 
     assert metrics["pesq"] > 0
     plain = Trainer(tiny_config(corpus), tmp_path / "plain")
     assert "pesq" not in plain.train_step(next(plain._batches()))[0]
+
+
+def test_convergence_weight_adds_spectral_convergence_to_training(tmp_path, corpus) -> None:
+    trainer = Trainer(tiny_config(corpus, "loss.convergence=1"), tmp_path / "run")
+    metrics, _ = trainer.train_step(next(trainer._batches()))
+    assert metrics["convergence"] > 0
+    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
+    assert "convergence" not in plain.train_step(next(plain._batches()))[0]
 
 
 def test_stoi_weight_adds_the_intelligibility_loss_to_training(tmp_path, corpus) -> None:

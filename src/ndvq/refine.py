@@ -27,7 +27,9 @@ from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLos
 # gradient (`descend`): PEAK_LEARNING_RATE decayed along a cosine over max(steps, HORIZON) steps, so that a short run
 # takes the nearly constant first steps of a HORIZON-step one (docs/ndvq-that-learns.md, sessions 32 and 33).
 PEAK_LEARNING_RATE, HORIZON = 0.1, 25
-VERSION = 5  # of the refined codes, for caches of results (ndvq eval); 4: lr; 5: normalised steps, no rate term
+# Of the refined codes, for caches of results (ndvq eval); 4: lr; 5: normalised steps, no rate term; 6: the PESQ
+# loss's gradient leaves the level alone (modules.distances.DisturbanceLoss)
+VERSION = 6
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 # Steps of the file encoder (ndvq.compress, `ndvq compress`) unless told: about 4x the one-pass encoder's time, over
 # 12x real time with decoding at 2 threads, +0.18 PESQ-wb at 6 kbps on held-out voices; 4 steps add 0.01 to 0.03 at

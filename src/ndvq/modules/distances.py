@@ -156,8 +156,8 @@ class DisturbanceLoss(nn.Module):
     about 0 for a perfect match; a lower loss means a higher PESQ (after Martin-Donas et al. 2018).
 
     P.862's model on 32 ms Hann frames at half overlap: band powers on `bands` mel bands, each item divided by
-    its own mean band power (PESQ aligns levels; no gradient through the divisor, which is never less than that
-    of FLOOR_DBFS white noise, so that a quiet crop is not raised to speech level), Zwicker's loudness (power
+    its own mean band power (PESQ aligns levels; the divisor is never less than that of FLOOR_DBFS white noise,
+    so that a quiet crop is not raised to speech level), Zwicker's loudness (power
     0.23) over a hearing threshold DYNAMIC_RANGE_DB under that level, the loudness difference less a dead zone
     of a quarter of the smaller loudness (masking), and the asymmetry factor that counts added energy (noise,
     buzz) up to 12 times more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the
@@ -188,7 +188,7 @@ class DisturbanceLoss(nn.Module):
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # [B, bands, frames] each
         powers = [self.filters @ frame_power(wav, self.window, self.n_fft, self.hop) for wav in (estimate, target)]
-        power_est, power_tgt = (p / p.detach().mean(dim=(1, 2), keepdim=True).clamp(min=self.floor) for p in powers)
+        power_est, power_tgt = (p / p.mean(dim=(1, 2), keepdim=True).clamp(min=self.floor) for p in powers)
         loudness_est, loudness_tgt = self._loudness(power_est), self._loudness(power_tgt)
         difference = loudness_est - loudness_tgt
         masked = torch.sign(difference) * F.relu(difference.abs() - 0.25 * torch.minimum(loudness_est, loudness_tgt))
