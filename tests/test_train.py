@@ -319,6 +319,8 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["loss.mel_bins=[64, 64]"], r"loss.mel_bins: expected 7 positive bin counts"),
         (["loss.phase=1", "loss.balancer=true"], "loss.phase: not combined with loss.balancer"),
         (["loss.stoi=1", "loss.balancer=true"], "loss.stoi: not combined with loss.balancer"),
+        (["loss.convergence=1", "loss.balancer=true"], "loss.convergence: not combined with loss.balancer"),
+        (["loss.pesq=1", "loss.balancer=true"], "loss.pesq: not combined with loss.balancer"),
         (["data.speed=0.5"], r"data.speed \(speed perturbation\): must be in \[0, 0.5\), got 0.5"),
         (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values, got 1"),
         (["loss.balancer_weights=[1.0]"], "loss.balancer_weights: expected a list of 4 values, got 1"),

@@ -156,11 +156,12 @@ class DisturbanceLoss(nn.Module):
     about 0 for a perfect match; a lower loss means a higher PESQ (after Martin-Donas et al. 2018).
 
     P.862's model on 32 ms Hann frames at half overlap: band powers on `bands` mel bands, each item divided by
-    its own mean band power (PESQ aligns levels; the divisor is never less than that of FLOOR_DBFS white noise,
-    so that a quiet crop is not raised to speech level), Zwicker's loudness (power
-    0.23) over a hearing threshold DYNAMIC_RANGE_DB under that level, the loudness difference less a dead zone
-    of a quarter of the smaller loudness (masking), and the asymmetry factor that counts added energy (noise,
-    buzz) up to 12 times more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the
+    its own mean band power (PESQ aligns levels; the gradient flows through the divisor, so that it does not
+    ask for a quieter or louder decode either; the divisor is never less than that of FLOOR_DBFS white noise,
+    so that a quiet crop is not raised to speech level), Zwicker's loudness (power 0.23) over a hearing
+    threshold DYNAMIC_RANGE_DB under that level, the loudness difference less a dead zone of a quarter of the
+    smaller loudness (masking), and the asymmetry factor that counts added energy (noise, buzz) up to 12 times
+    more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the
     asymmetric disturbance; over time, L6 within 20-frame segments at half overlap, then L2 over segments; the
     two summed with weights 0.1 and `asymmetric`. Left out: time alignment (decodes are aligned), the IRS and
     frequency equalisation, silence weighting. For training and refinement (ndvq.refine): report PESQ with `pesq`

@@ -113,7 +113,7 @@ class TrainConfig:
                 f"loss.mel_bins: expected {len(MEL_SCALES)} positive bin counts (n_fft {MEL_SCALES[0]} .. "
                 f"{MEL_SCALES[-1]}), got {list(self.loss.mel_bins)}"
             )
-        for name in ("phase", "convergence", "stoi"):
+        for name in ("phase", "convergence", "stoi", "pesq"):
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         check_speed(self.data.speed)
