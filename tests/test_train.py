@@ -500,36 +500,16 @@ def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:
     assert loss(torch.zeros_like(x), torch.zeros_like(x)).item() < 1e-4
 
 
-def test_pesq_weight_adds_the_disturbance_loss_to_training(tmp_path, corpus) -> None:
-    trainer = Trainer(tiny_config(corpus, "loss.pesq=1"), tmp_path / "run")
+@pytest.mark.parametrize(
+    "name, weight, largest",
+    [("pesq", 1, math.inf), ("convergence", 1, math.inf), ("stoi", 0.01, 2), ("phase", 0.5, 2)],
+)
+def test_optional_loss_weight_adds_its_loss_to_training(tmp_path, corpus, name, weight, largest) -> None:
+    trainer = Trainer(tiny_config(corpus, f"loss.{name}={weight}"), tmp_path / "run")
     metrics, _ = trainer.train_step(next(trainer._batches()))
-    assert metrics["pesq"] > 0
+    assert 0 < metrics[name] <= largest
     plain = Trainer(tiny_config(corpus), tmp_path / "plain")
-    assert "pesq" not in plain.train_step(next(plain._batches()))[0]
-
-
-def test_convergence_weight_adds_spectral_convergence_to_training(tmp_path, corpus) -> None:
-    trainer = Trainer(tiny_config(corpus, "loss.convergence=1"), tmp_path / "run")
-    metrics, _ = trainer.train_step(next(trainer._batches()))
-    assert metrics["convergence"] > 0
-    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
-    assert "convergence" not in plain.train_step(next(plain._batches()))[0]
-
-
-def test_stoi_weight_adds_the_intelligibility_loss_to_training(tmp_path, corpus) -> None:
-    trainer = Trainer(tiny_config(corpus, "loss.stoi=0.01"), tmp_path / "run")
-    metrics, _ = trainer.train_step(next(trainer._batches()))
-    assert 0 < metrics["stoi"] <= 2
-    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
-    assert "stoi" not in plain.train_step(next(plain._batches()))[0]
-
-
-def test_phase_weight_adds_the_phase_loss_to_training(tmp_path, corpus) -> None:
-    trainer = Trainer(tiny_config(corpus, "loss.phase=0.5"), tmp_path / "run")
-    metrics, _ = trainer.train_step(next(trainer._batches()))
-    assert 0 < metrics["phase"] <= 2
-    plain = Trainer(tiny_config(corpus), tmp_path / "plain")
-    assert "phase" not in plain.train_step(next(plain._batches()))[0]
+    assert name not in plain.train_step(next(plain._batches()))[0]
 
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"

@@ -15,6 +15,8 @@ from ndvq.presets import PRESETS
 from ndvq.train.data import check_speed
 
 FINETUNE_PARTS = ("encoder", "decoder")
+# LossConfig weights whose loss is computed only when the weight is not 0, and not with the balancer
+OPTIONAL_LOSSES = ("phase", "convergence", "stoi", "pesq")
 
 
 @dataclass
@@ -113,7 +115,7 @@ class TrainConfig:
                 f"loss.mel_bins: expected {len(MEL_SCALES)} positive bin counts (n_fft {MEL_SCALES[0]} .. "
                 f"{MEL_SCALES[-1]}), got {list(self.loss.mel_bins)}"
             )
-        for name in ("phase", "convergence", "stoi", "pesq"):
+        for name in OPTIONAL_LOSSES:
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         check_speed(self.data.speed)

@@ -34,7 +34,7 @@ from ndvq.modules.distances import (
 from ndvq.quantization import ResidualQuantizer
 from ndvq.quantization.usage import code_counts, codebook_usage
 from ndvq.train.checkpoint import checkpoint_of_step, latest_checkpoint, load_checkpoint, save_checkpoint
-from ndvq.train.config import OptimConfig, TrainConfig, save_config
+from ndvq.train.config import OPTIONAL_LOSSES, OptimConfig, TrainConfig, save_config
 from ndvq.train.data import AudioDataset
 from ndvq.train.discriminator import MultiScaleSTFTDiscriminator
 from ndvq.train.logs import MetricLogger, spread_statistics
@@ -121,10 +121,14 @@ class Trainer:
         self.discriminator_optimizer = build_optimizer(self.discriminator, config.optim)
         self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, config.loss.mel_bins).to(self.device)
         self.mel_metric = MultiScaleMelLoss(codec_config.sample_rate).to(self.device)  # validation, fixed
-        self.phase_loss = PhaseDerivativeLoss().to(self.device)
-        self.convergence_loss = SpectralConvergenceLoss().to(self.device)
-        self.stoi_loss = IntelligibilityLoss(codec_config.sample_rate).to(self.device)
-        self.pesq_loss = DisturbanceLoss(codec_config.sample_rate).to(self.device)
+        rate = codec_config.sample_rate
+        optional = {
+            "phase": PhaseDerivativeLoss(),
+            "convergence": SpectralConvergenceLoss(),
+            "stoi": IntelligibilityLoss(rate),
+            "pesq": DisturbanceLoss(rate),
+        }
+        self.optional_losses = {name: optional[name].to(self.device) for name in OPTIONAL_LOSSES}
         weights = dict(zip(("waveform", "mel", "adversarial", "feature"), config.loss.balancer_weights, strict=True))
         self.balancer = Balancer(weights) if config.loss.balancer else None
 
@@ -246,14 +250,9 @@ class Trainer:
             output = self.model(wav, self.codec.stages(bandwidth))
         decoded = output.wav.float()
         losses = {"waveform": F.l1_loss(decoded, wav), "mel": self.mel_loss(decoded, wav)}
-        if weights.phase:
-            losses["phase"] = self.phase_loss(decoded, wav)
-        if weights.convergence:
-            losses["convergence"] = self.convergence_loss(decoded, wav)
-        if weights.stoi:
-            losses["stoi"] = self.stoi_loss(decoded, wav)
-        if weights.pesq:
-            losses["pesq"] = self.pesq_loss(decoded, wav)
+        for name, loss in self.optional_losses.items():
+            if getattr(weights, name):
+                losses[name] = loss(decoded, wav)
         if adversarial:
             fake_logits, fake_features = self.discriminator(decoded)
             with torch.no_grad():
