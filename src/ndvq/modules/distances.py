@@ -161,11 +161,10 @@ class DisturbanceLoss(nn.Module):
     so that a quiet crop is not raised to speech level), Zwicker's loudness (power 0.23) over a hearing
     threshold DYNAMIC_RANGE_DB under that level, the loudness difference less a dead zone of a quarter of the
     smaller loudness (masking), and the asymmetry factor that counts added energy (noise, buzz) up to 12 times
-    more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the
-    asymmetric disturbance; over time, L6 within 20-frame segments at half overlap, then L2 over segments; the
-    two summed with weights 0.1 and `asymmetric`. Left out: time alignment (decodes are aligned), the IRS and
-    frequency equalisation, silence weighting. For training and refinement (ndvq.refine): report PESQ with `pesq`
-    (`ndvq eval`).
+    more than missing energy. Per frame, L3 over bands (symmetric) and L1 of the asymmetric disturbance; over
+    time, L6 within 20-frame segments at half overlap, then L2 over segments; the two summed with weights 0.1
+    and `asymmetric`. Left out: time alignment (decodes are aligned), the IRS and frequency equalisation, silence
+    weighting. For training and refinement (ndvq.refine): report PESQ with `pesq` (`ndvq eval`).
 
     Defaults differ from P.862 where that ranks decodes closer to PESQ-wb on the validation split
     (benchmarks/loss_agreement.py): 96 bands instead of 49 Bark bands (resolving the harmonics of a voice,
