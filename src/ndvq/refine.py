@@ -31,7 +31,7 @@ PEAK_LEARNING_RATE, HORIZON = 0.1, 25
 # loss's gradient leaves the level alone (modules.distances.DisturbanceLoss)
 VERSION = 6
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
-# Steps of the file encoder (ndvq.compress, `ndvq compress`) unless told: about 4x the one-pass encoder's time, 11.5x
+# Steps of the file encoder (ndvq.compress, `ndvq compress`) unless told: about 4x the one-pass encoder's time, 10x
 # to 13x real time with decoding at 2 threads, +0.17 PESQ-wb at 6 kbps on held-out voices; 4 steps add 0.01 to 0.03 at
 # 10 to 11.5x, at the speed target's edge (model card, Refinement). Codec.encode, streaming and tokenizing stay one-pass
 # unless told.
