@@ -88,7 +88,8 @@ def test_the_default_low_bitrate_files_beat_coding_fewer_stages(shipped) -> None
     """At 1.5 kbps the default file is smaller than the bit-packed one and sounds better than bit-packed 1 kbps
     (on the clip's first 5 s, all refined 3 steps: 836 bytes of codes, PESQ-wb 2.554; bit-packed 938 bytes,
     2.500; bit-packed 1 kbps 625 bytes, 2.296; in one pass 804 bytes and 2.366, 938 and 2.425, 625 and 2.325).
-    At the tables' full weight (20) it was 668 bytes and 2.180 in one pass, under bit-packed 1 kbps."""
+    On an earlier shipped model, at the tables' full weight (20), it was 668 bytes and 2.180 in one pass, under
+    bit-packed 1 kbps."""
     wav, rate = sf.read(CLIP, dtype="float32", always_2d=True)
     wav = wav[: 5 * rate].T.copy()
     files = {
