@@ -57,13 +57,9 @@ class _Stage(nn.Module):
         with torch.no_grad():
             self.register_buffer("vectors", codebook.decode(torch.arange(codebook.size)).float())
             if self.gaussian:  # NormalCodebook.log_likelihood, then argmax
-                mean, log_variance = codebook.mean.float(), codebook.log_variance.float()
-                precision = torch.exp(-log_variance)
-                self.register_buffer("a", precision.t().contiguous())
-                self.register_buffer("b", (mean * precision).t().contiguous())
-                self.register_buffer("c", (mean * mean * precision).sum(1))
-                self.register_buffer("d", log_variance.sum(1))
-                self.constant = codebook.dim * math.log(2 * math.pi)
+                weights, offset = codebook.likelihood_terms()
+                self.register_buffer("weights", weights.contiguous())
+                self.register_buffer("offset", offset.contiguous())
             else:  # kmeans.nearest, then argmin
                 centroids = codebook.embedding.float()
                 self.register_buffer("c", centroids.pow(2).sum(1))
@@ -71,8 +67,7 @@ class _Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gaussian:
-            squared = (x * x) @ self.a - 2 * x @ self.b + self.c
-            return (-0.5 * (squared + self.d + self.constant)).argmax(dim=1)
+            return torch.addmm(self.offset, torch.cat([x * x, x], dim=1), self.weights).argmax(dim=1)
         return (self.c - 2 * x @ self.b).argmin(dim=1)
 
 

@@ -34,6 +34,13 @@ def magnitude(wav: torch.Tensor, window: torch.Tensor, hop: int | None = None) -
     return stft(wav, window, hop).abs()
 
 
+def power(wav: torch.Tensor, window: torch.Tensor, hop: int | None = None) -> torch.Tensor:
+    """|STFT|^2 of wav [B, 1, T] (or [B, T]) as `magnitude` squared, without the square root (whose gradient
+    divides by the magnitude): [B, bins, frames]."""
+    spectrum = stft(wav, window, hop)
+    return spectrum.real.square() + spectrum.imag.square()
+
+
 class LogMel(nn.Module):
     """log10(clamp(mel power, 1e-5)) of wav [B, 1, T]: [B, n_mels, frames]. Window = n_fft, hop in samples
     (n_fft / 4 if None)."""
@@ -45,7 +52,7 @@ class LogMel(nn.Module):
         self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return torch.log10(torch.clamp(self.filters @ magnitude(wav, self.window, self.hop).pow(2), min=1e-5))
+        return torch.log10(torch.clamp(self.filters @ power(wav, self.window, self.hop), min=1e-5))
 
 
 class LogMagnitude(nn.Module):

@@ -94,22 +94,24 @@ class NormalCodebook(nn.Module):
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x | mu_i, var_i) for x [N, D] and every entry i: [N, K], in float32 even under autocast.
 
-        Expands sum_d (x_d - mu_id)^2 / var_id into three matrix products, so no [N, K, D] tensor.
+        Expands -1/2 sum_d (x_d - mu_id)^2 / var_id into one matrix product, [x^2, x] [N, 2D] by
+        [-1/2 / var; mu / var] [2D, K], plus a term per entry: no [N, K, D] tensor.
         """
         with full_precision(x.device):
             x = x.float()
-            precision_t, scaled_mean_t, constant = self._likelihood_terms()
-            return -0.5 * ((x * x) @ precision_t - 2 * x @ scaled_mean_t + constant)
+            weights, offset = self.likelihood_terms()
+            return torch.addmm(offset, torch.cat([x * x, x], dim=1), weights)
 
-    def _likelihood_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1 / var [D, K], mu / var [D, K], sum_d mu^2 / var + log var + log 2 pi [K]); kept between calls
-        while the codebook is unchanged and no gradient is wanted (inference, streaming one frame at a time)."""
+    def likelihood_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, offset) of log_likelihood(x) = [x^2, x] @ weights + offset: [-1/2 / var; mu / var] [2D, K] and
+        -1/2 (sum_d mu^2 / var + log var + log 2 pi) [K]. Kept between calls while the codebook is unchanged and no
+        gradient is wanted (inference, streaming one frame at a time)."""
         key = (self.codebook.data_ptr(), self.codebook._version)
         if self.training or torch.is_grad_enabled() or getattr(self, "_terms_key", None) != key:
             mean, log_variance = self.mean.float(), self.log_variance.float()
             precision = torch.exp(-log_variance)
             constant = (mean * mean * precision).sum(1) + log_variance.sum(1) + self.dim * math.log(2 * math.pi)
-            terms = (precision.t(), (mean * precision).t(), constant)
+            terms = (torch.cat([-0.5 * precision, mean * precision], dim=1).t(), -0.5 * constant)
             if self.training or torch.is_grad_enabled():
                 return terms
             self._terms, self._terms_key = tuple(t.contiguous() for t in terms), key
