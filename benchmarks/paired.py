@@ -7,18 +7,31 @@ For every bitrate both systems were scored at (or, for LABEL@BITRATE, those two)
 minus A's on the same files, and the half-width of its 95% interval (normal approximation, 1.96
 standard errors of the paired differences). An interval that excludes zero is a difference these files
 can tell apart.
+
+    python benchmarks/paired.py EVAL_DIR B A --by-folder   # also per voice of the demo corpus
+
+--by-folder also gives the difference within each first folder below the one all files share (in the demo
+corpus, audio/VOICE/...: per voice) and the mean of those folders' means, each folder weighted equally, with
+its interval (1.96 x the square root of the sum over folders of variance / files, over the number of folders):
+a test split where one voice has most of the files is then also read voice by voice.
 """
 
 import argparse
 from collections import defaultdict
 import csv
 import math
+import os
 from pathlib import Path
 
 
 def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, tuple[float, float, int]]:
     """bitrate -> (mean of b - a, 95% half-width, files) over the files both scored at that bitrate; with
     labels LABEL@BITRATE, one entry ("B_BITRATE/A_BITRATE") over the files both scored at those bitrates."""
+    return {bitrate: interval(list(by_file.values())) for bitrate, by_file in differences(rows, b, a, metric).items()}
+
+
+def differences(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, dict[str, float]]:
+    """bitrate -> file -> b's score minus a's, as `paired` pairs them."""
     (b, b_rate), (a, a_rate) = (_label(x) for x in (b, a))
     scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for row in rows:
@@ -28,11 +41,34 @@ def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str,
             if row["codec"] == label and rate in (None, row["bitrate"]):
                 bitrate = f"{b_rate}/{a_rate}" if b_rate or a_rate else row["bitrate"]
                 scores[bitrate, row["file"]][which] = float(row[metric])
-    differences: dict[str, list[float]] = defaultdict(list)
-    for (bitrate, _), pair in scores.items():
+    result: dict[str, dict[str, float]] = defaultdict(dict)
+    for (bitrate, file), pair in scores.items():
         if len(pair) == 2:
-            differences[bitrate].append(pair["b"] - pair["a"])
-    return {bitrate: interval(values) for bitrate, values in differences.items()}
+            result[bitrate][file] = pair["b"] - pair["a"]
+    return result
+
+
+def by_folder(by_file: dict[str, float]) -> tuple[Path, dict[str, list[float]]]:
+    """file -> difference, grouped by each file's first folder below the folder all files share: (that folder,
+    group name -> differences). Files directly in the shared folder form the group "."."""
+    paths = [Path(file) for file in by_file]
+    root = Path(os.path.commonpath([path.parent for path in paths]))
+    groups: dict[str, list[float]] = defaultdict(list)
+    for path, value in zip(paths, by_file.values(), strict=True):
+        parts = path.relative_to(root).parts
+        groups[parts[0] if len(parts) > 1 else "."].append(value)
+    return root, dict(groups)
+
+
+def equally_weighted(groups: dict[str, list[float]]) -> tuple[float, float, int]:
+    """(mean of the groups' means, the half-width of its 95% interval, the number of groups): each group's
+    variance of its mean added up, nan where a group has a single value."""
+    means, variances = [], []
+    for values in groups.values():
+        mean, half, n = interval(values)
+        means.append(mean)
+        variances.append((half / 1.96) ** 2)
+    return sum(means) / len(means), 1.96 * math.sqrt(sum(variances)) / len(means), len(means)
 
 
 def interval(differences: list[float]) -> tuple[float, float, int]:
@@ -62,6 +98,7 @@ def main() -> None:
     parser.add_argument("b", help="label of the system to measure")
     parser.add_argument("a", help="label of the system it is compared with")
     parser.add_argument("--metrics", nargs="+", default=["pesq_wb", "stoi", "mel_distance"])
+    parser.add_argument("--by-folder", action="store_true", help="also per first folder below the shared one")
     args = parser.parse_args()
     with open(args.eval_dir / "per_utterance.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -73,10 +110,18 @@ def main() -> None:
             parser.error(f"{args.eval_dir}: no system labelled {label!r} (labels: {', '.join(sorted(labels))})")
     print(f"{args.b} minus {args.a}, paired by file (mean +- 95% half-width, files)")
     for metric in args.metrics:
-        results = paired(rows, args.b, args.a, metric)
         unit = "" if "@" in args.a else " kbps"  # a pair's two bitrates may be Codec2 modes
-        for bitrate, (mean, half, n) in sorted(results.items(), key=lambda i: _order(i[0])):
+        for bitrate, by_file in sorted(differences(rows, args.b, args.a, metric).items(), key=lambda i: _order(i[0])):
+            mean, half, n = interval(list(by_file.values()))
             print(f"{metric:>14} at {bitrate:>5}{unit}: {mean:+.3f} +- {half:.3f} ({n} files)")
+            if args.by_folder:
+                root, groups = by_folder(by_file)
+                print(f"{'':>16}by folder below {root}:")
+                for name, values in sorted(groups.items()):
+                    mean, half, n = interval(values)
+                    print(f"{'':>18}{name:<24} {mean:+.3f} +- {half:.3f} ({n} files)")
+                mean, half, n = equally_weighted(groups)
+                print(f"{'':>18}{'folders weighted equally':<24} {mean:+.3f} +- {half:.3f} ({n} folders)")
 
 
 if __name__ == "__main__":
