@@ -165,6 +165,8 @@ def evaluate(
             for row in pool.imap_unordered(_evaluate, jobs):
                 rows.append(row)
                 bar.update()
+            pool.close()  # let the workers exit on their own: terminating them can leak a semaphore
+            pool.join()
     bar.close()
     return sorted(rows, key=lambda r: (r["codec"], r["nominal_kbps"], r["file"]))
 
