@@ -71,6 +71,17 @@ def equally_weighted(groups: dict[str, list[float]]) -> tuple[float, float, int]
     return sum(means) / len(means), 1.96 * math.sqrt(sum(variances)) / len(means), len(means)
 
 
+def print_by_folder(by_file: dict[str, float], indent: str) -> None:
+    """Print the differences file -> value per folder (`by_folder`) and the folders weighted equally."""
+    root, groups = by_folder(by_file)
+    print(f"{indent}by folder below {root}:")
+    for name, values in sorted(groups.items()):
+        mean, half, n = interval(values)
+        print(f"{indent}  {name:<24} {mean:+.3f} +- {half:.3f} ({n} files)")
+    mean, half, n = equally_weighted(groups)
+    print(f"{indent}  {'folders weighted equally':<24} {mean:+.3f} +- {half:.3f} ({n} folders)")
+
+
 def interval(differences: list[float]) -> tuple[float, float, int]:
     """Paired differences -> (their mean, the half-width of its 95% interval, their count): 1.96 standard errors
     (normal approximation; nan for a single difference). Also used by other benchmarks that pair files."""
@@ -115,13 +126,7 @@ def main() -> None:
             mean, half, n = interval(list(by_file.values()))
             print(f"{metric:>14} at {bitrate:>5}{unit}: {mean:+.3f} +- {half:.3f} ({n} files)")
             if args.by_folder:
-                root, groups = by_folder(by_file)
-                print(f"{'':>16}by folder below {root}:")
-                for name, values in sorted(groups.items()):
-                    mean, half, n = interval(values)
-                    print(f"{'':>18}{name:<24} {mean:+.3f} +- {half:.3f} ({n} files)")
-                mean, half, n = equally_weighted(groups)
-                print(f"{'':>18}{'folders weighted equally':<24} {mean:+.3f} +- {half:.3f} ({n} folders)")
+                print_by_folder(by_file, " " * 16)
 
 
 if __name__ == "__main__":
