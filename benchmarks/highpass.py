@@ -46,8 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model)
     files = [str(path) for path, _ in read_manifest(args.manifest)][:: args.every]
-    differences: dict[str, dict[str, float]] = {metric: {} for metric in METRICS}
-    means: dict[str, list[tuple[float, float]]] = {metric: [] for metric in METRICS}
+    scores: dict[str, dict[str, tuple[float, float]]] = {metric: {} for metric in METRICS}  # file -> (plain, high)
     for file in files:
         wav, rate = read_audio(file)
         sos = scipy.signal.butter(args.order, args.cutoff, "highpass", fs=rate, output="sos")
@@ -56,17 +55,17 @@ def main() -> None:
         high = coded_scores(codec, wav, filtered, rate, args.bandwidth)
         for metric in METRICS:
             if metric in plain and metric in high and not math.isnan(plain[metric] + high[metric]):
-                differences[metric][file] = high[metric] - plain[metric]
-                means[metric].append((plain[metric], high[metric]))
+                scores[metric][file] = plain[metric], high[metric]
     print(
         f"model {args.model}, {args.bandwidth:g} kbps as compress codes by default, {len(files)} files of "
         f"{args.manifest}; high-pass: Butterworth order {args.order} at {args.cutoff:g} Hz"
     )
     for metric in METRICS:
-        plain, high = np.mean(means[metric], axis=0)
-        mean, half, n = interval(list(differences[metric].values()))
+        plain, high = np.mean(list(scores[metric].values()), axis=0)
+        differences = {file: filtered - unfiltered for file, (unfiltered, filtered) in scores[metric].items()}
+        mean, half, n = interval(list(differences.values()))
         print(f"{metric}: plain {plain:.3f}, filtered {high:.3f}, filtered minus plain {mean:+.3f} +- {half:.3f} ({n})")
-        print_by_folder(differences[metric], "  ")
+        print_by_folder(differences, "  ")
 
 
 if __name__ == "__main__":

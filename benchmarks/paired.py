@@ -24,14 +24,9 @@ import os
 from pathlib import Path
 
 
-def paired(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, tuple[float, float, int]]:
-    """bitrate -> (mean of b - a, 95% half-width, files) over the files both scored at that bitrate; with
-    labels LABEL@BITRATE, one entry ("B_BITRATE/A_BITRATE") over the files both scored at those bitrates."""
-    return {bitrate: interval(list(by_file.values())) for bitrate, by_file in differences(rows, b, a, metric).items()}
-
-
 def differences(rows: list[dict[str, str]], b: str, a: str, metric: str) -> dict[str, dict[str, float]]:
-    """bitrate -> file -> b's score minus a's, as `paired` pairs them."""
+    """bitrate -> file -> b's score minus a's, over the files both scored at that bitrate; with labels
+    LABEL@BITRATE, one entry ("B_BITRATE/A_BITRATE") over the files both scored at those bitrates."""
     (b, b_rate), (a, a_rate) = (_label(x) for x in (b, a))
     scores: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for row in rows:
