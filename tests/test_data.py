@@ -75,6 +75,32 @@ def test_speed_perturbation_shifts_pitch_within_the_range_and_is_reproducible(tm
         AudioDataset(tmp_path, 16000, 0.5, speed=0.5)
 
 
+def test_channel_augmentation_keeps_each_octave_within_the_gain_range_and_is_reproducible(tmp_path) -> None:
+    noise = np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "a.wav", noise, 16000)
+    plain = AudioDataset(tmp_path, 16000, 0.5)
+    a, b = (AudioDataset(tmp_path, 16000, 0.5, equaliser_db=10, dc_offset=0.3) for _ in range(2))
+    frequencies = np.fft.rfftfreq(8000, 1 / 16000)
+    octave_ratios_db, offsets = [], []
+    for epoch in range(10):
+        for dataset in (plain, a, b):
+            dataset.set_epoch(epoch)
+        clean, item = plain[0][0].numpy(), a[0]
+        assert torch.equal(item, b[0]) and item.dtype == torch.float32
+        item = item[0].numpy()
+        offsets.append(item.mean() / np.sqrt(np.mean(np.square(item - item.mean()))))
+        # the same crop (augmentation draws come after the crop's), its octave bands between 125 Hz and 4 kHz
+        # filtered by at most +-10 dB
+        spectrum_in, spectrum_out = np.abs(np.fft.rfft(clean)) ** 2, np.abs(np.fft.rfft(item)) ** 2
+        for low in (125, 250, 500, 1000, 2000):
+            band = (frequencies >= low) & (frequencies < 2 * low)
+            octave_ratios_db.append(10 * np.log10(spectrum_out[band].sum() / spectrum_in[band].sum()))
+    assert -10.5 < min(octave_ratios_db) < -3 and 3 < max(octave_ratios_db) < 10.5  # the range, not one gain
+    assert max(np.abs(offsets)) < 0.35 and np.std(offsets) > 0.05  # a DC offset up to 0.3 of the RMS, varied
+    with pytest.raises(NdvqError, match="data.equaliser"):
+        AudioDataset(tmp_path, 16000, 0.5, equaliser_db=-1)
+
+
 def test_crops_depend_only_on_seed_epoch_and_index(folder) -> None:
     a, b = AudioDataset(folder, 16000, 0.5, seed=3), AudioDataset(folder, 16000, 0.5, seed=3)
     assert torch.equal(a[0], b[0])

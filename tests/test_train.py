@@ -322,6 +322,8 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["loss.convergence=1", "loss.balancer=true"], "loss.convergence: not combined with loss.balancer"),
         (["loss.pesq=1", "loss.balancer=true"], "loss.pesq: not combined with loss.balancer"),
         (["data.speed=0.5"], r"data.speed \(speed perturbation\): must be in \[0, 0.5\), got 0.5"),
+        (["data.equaliser=41"], r"data.equaliser \(random EQ, dB\): must be in \[0, 40\], got 41"),
+        (["data.dc_offset=-0.1"], r"data.dc_offset \(a constant, times the crop's RMS\): must be in \[0, 1\]"),
         (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values, got 1"),
         (["loss.balancer_weights=[1.0]"], "loss.balancer_weights: expected a list of 4 values, got 1"),
         (["optim.lr=-1"], "optim.lr: must be positive, got -1.0"),

@@ -12,7 +12,7 @@ from ndvq.config import QUANTIZERS, CodecConfig
 from ndvq.errors import NdvqError
 from ndvq.modules.distances import MEL_SCALES
 from ndvq.presets import PRESETS
-from ndvq.train.data import check_speed
+from ndvq.train.data import check_augmentation
 
 FINETUNE_PARTS = ("encoder", "decoder")
 # LossConfig weights whose loss is computed only when the weight is not 0, and not with the balancer
@@ -25,6 +25,8 @@ class DataConfig:
     valid: str = ""  # same; empty: no validation
     segment_seconds: float = 1.0  # random crop length
     speed: float = 0.0  # speed perturbation: each training crop plays at a speed drawn in [1 - speed, 1 + speed]
+    equaliser: float = 0.0  # random EQ: gains drawn in [-equaliser, equaliser] dB per octave, 31 Hz to 8 kHz
+    dc_offset: float = 0.0  # each crop gets a constant drawn in [-dc_offset, dc_offset] times its RMS
     min_seconds: float = 0.5
     max_seconds: float = 20.0
     batch_size: int = 8  # per rank
@@ -118,7 +120,7 @@ class TrainConfig:
         for name in OPTIONAL_LOSSES:
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
-        check_speed(self.data.speed)
+        check_augmentation(self.data.speed, self.data.equaliser, self.data.dc_offset)
         unknown_parts = [part for part in self.finetune if part not in FINETUNE_PARTS]
         if unknown_parts or len(set(self.finetune)) != len(self.finetune):
             parts = ", ".join(FINETUNE_PARTS)

@@ -27,11 +27,30 @@ def _scan(folder: Path) -> tuple[list[tuple[Path, float]], list[tuple[str, str]]
 
 
 MAX_SPEED = 0.5  # speed perturbation draws from [1 - speed, 1 + speed] with speed under this
+MAX_EQUALISER_DB = 40.0
+# The random equaliser's gains are drawn at these frequencies (octaves, Hz) and interpolated over log frequency;
+# below the first and above the last the gain is flat.
+EQUALISER_HZ = tuple(31.25 * 2**octave for octave in range(9))  # 31.25 .. 8000
 
 
-def check_speed(speed: float) -> None:
+def check_augmentation(speed: float, equaliser_db: float = 0.0, dc_offset: float = 0.0) -> None:
+    """Raise NdvqError naming the data key whose augmentation setting is out of range."""
     if not 0.0 <= speed < MAX_SPEED:
         raise NdvqError(f"data.speed (speed perturbation): must be in [0, {MAX_SPEED:g}), got {speed:g}")
+    if not 0.0 <= equaliser_db <= MAX_EQUALISER_DB:
+        raise NdvqError(f"data.equaliser (random EQ, dB): must be in [0, {MAX_EQUALISER_DB:g}], got {equaliser_db:g}")
+    if not 0.0 <= dc_offset <= 1.0:
+        raise NdvqError(f"data.dc_offset (a constant, times the crop's RMS): must be in [0, 1], got {dc_offset:g}")
+
+
+def random_equaliser(wav: np.ndarray, sample_rate: int, max_db: float, rng: np.random.Generator) -> np.ndarray:
+    """wav [T] through a random smooth EQ: a gain drawn uniformly in [-max_db, max_db] dB at each of EQUALISER_HZ,
+    linear in dB over log frequency between them (applied to the spectrum of the whole crop): [T], float32."""
+    gains_db = rng.uniform(-max_db, max_db, len(EQUALISER_HZ))
+    frequencies = np.fft.rfftfreq(len(wav), 1 / sample_rate)
+    octaves = np.log2(np.maximum(frequencies, EQUALISER_HZ[0]))
+    gain = 10 ** (np.interp(octaves, np.log2(EQUALISER_HZ), gains_db) / 20)
+    return np.fft.irfft(np.fft.rfft(wav) * gain, n=len(wav)).astype(np.float32)
 
 
 class AudioDataset(torch.utils.data.Dataset):
@@ -40,7 +59,9 @@ class AudioDataset(torch.utils.data.Dataset):
     Item i of epoch e is a crop of file i at an offset drawn from a generator seeded by (seed, e, i),
     so a resumed run, any worker process and any rank see exactly the same crops. Shape [1, samples].
     With `speed` > 0 each crop is also played at a speed drawn uniformly in [1 - speed, 1 + speed]
-    (tempo and pitch together, as Kaldi's speed perturbation): more voices from a few speakers.
+    (tempo and pitch together, as Kaldi's speed perturbation): more voices from a few speakers. With
+    `equaliser_db` > 0 it then passes through a random EQ (random_equaliser), and with `dc_offset` > 0 gets a
+    constant drawn in [-dc_offset, dc_offset] times its RMS: more microphones and rooms than the corpus has.
     """
 
     def __init__(
@@ -52,8 +73,10 @@ class AudioDataset(torch.utils.data.Dataset):
         max_seconds: float = 20.0,
         seed: int = 0,
         speed: float = 0.0,
+        equaliser_db: float = 0.0,
+        dc_offset: float = 0.0,
     ) -> None:
-        check_speed(speed)
+        check_augmentation(speed, equaliser_db, dc_offset)
         source = Path(source)
         if source.is_dir():
             files, self.skipped = _scan(source)
@@ -72,6 +95,7 @@ class AudioDataset(torch.utils.data.Dataset):
             raise NdvqError(f"{source}: no readable audio files between {min_seconds:g} and {max_seconds:g} s")
         self.sample_rate, self.segment = sample_rate, round(segment_seconds * sample_rate)
         self.seed, self.epoch, self.speed = seed, 0, speed
+        self.equaliser_db, self.dc_offset = equaliser_db, dc_offset
 
     def set_epoch(self, epoch: int) -> None:
         """Crops of the next items are drawn for this epoch (call it before each epoch, in every process)."""
@@ -108,4 +132,11 @@ class AudioDataset(torch.utils.data.Dataset):
         if not np.isfinite(wav).all():
             raise ValueError("non-finite samples")
         wav = mono_at(wav.T, rate * speed, self.sample_rate)[: self.segment]
-        return np.pad(wav, (0, self.segment - len(wav)))
+        wav = np.pad(wav, (0, self.segment - len(wav)))
+        # Drawn after the crop's own draws, so that runs without them see the crops they saw before.
+        if self.equaliser_db:
+            wav = random_equaliser(wav, self.sample_rate, self.equaliser_db, rng)
+        if self.dc_offset:
+            rms = np.sqrt(np.mean(np.square(wav, dtype=np.float64)))
+            wav = (wav + rng.uniform(-self.dc_offset, self.dc_offset) * rms).astype(np.float32)
+        return wav

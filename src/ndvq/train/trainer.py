@@ -141,6 +141,8 @@ class Trainer:
             data.max_seconds,
             config.seed,
             data.speed,
+            data.equaliser,
+            data.dc_offset,
         )
         self.valid_batch = self._validation_batch() if data.valid and self.rank == 0 else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
