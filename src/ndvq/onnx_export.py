@@ -32,7 +32,7 @@ from ndvq.codec import Codec
 from ndvq.errors import NdvqError
 from ndvq.modules.conv import Conv1d
 from ndvq.modules.istft import InverseSTFT, polar
-from ndvq.quantization.ndvq import NormalCodebook
+from ndvq.quantization.ndvq import NormalCodebook, expanded_log_likelihood
 
 OPSET = 17
 MIN_FRAMES = 4  # non-causal graphs: the last encoder / first decoder convolution reflect-pads 3 frames
@@ -67,7 +67,7 @@ class _Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gaussian:
-            return torch.addmm(self.offset, torch.cat([x * x, x], dim=1), self.weights).argmax(dim=1)
+            return expanded_log_likelihood(x, self.weights, self.offset).argmax(dim=1)
         return (self.c - 2 * x @ self.b).argmin(dim=1)
 
 

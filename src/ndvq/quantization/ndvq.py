@@ -41,6 +41,11 @@ PRIOR_FRAMES = math.inf
 VARIANCE_FLOOR_RATIO = 1.0
 
 
+def expanded_log_likelihood(x: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """[x^2, x] @ weights + offset for x [N, D], with (weights, offset) of NormalCodebook.likelihood_terms: [N, K]."""
+    return torch.addmm(offset, torch.cat([x * x, x], dim=1), weights)
+
+
 class NormalCodebook(nn.Module):
     """K diagonal Gaussians N(mu_i, diag(exp(lv_i))), read as `codebook` [K, 2D]: means, then log-variances.
 
@@ -99,8 +104,7 @@ class NormalCodebook(nn.Module):
         """
         with full_precision(x.device):
             x = x.float()
-            weights, offset = self.likelihood_terms()
-            return torch.addmm(offset, torch.cat([x * x, x], dim=1), weights)
+            return expanded_log_likelihood(x, *self.likelihood_terms())
 
     def likelihood_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights, offset) of log_likelihood(x) = [x^2, x] @ weights + offset: [-1/2 / var; mu / var] [2D, K] and
