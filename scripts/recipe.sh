@@ -18,7 +18,8 @@
 # RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
 default_steps="20000 17000 4000 12000 10000 8000 8000 8000 6000"  # stages A to I
-read -r steps_a steps_b steps_c steps_d steps_e steps_f steps_g steps_h steps_i extra <<<"${RECIPE_STEPS:-$default_steps}"
+read -r steps_a steps_b steps_c steps_d steps_e steps_f steps_g steps_h steps_i extra \
+    <<<"${RECIPE_STEPS:-$default_steps}"
 count='[1-9][0-9]*'
 steps="$steps_a $steps_b $steps_c ${steps_d:-} ${steps_e:-} ${steps_f:-} ${steps_g:-} ${steps_h:-} ${steps_i:-}"
 if [ $# -lt 1 ] || [ -n "${extra:-}" ] || ! [[ $steps =~ ^($count\ ){8}$count$ ]]; then
@@ -33,6 +34,8 @@ config="$(cd "$(dirname "$0")/.." && pwd)/configs/speech-16k-small.yaml"
 common=(model=speech-16k-small-istft "$@")
 later=(optim.lr=3e-4 loss.quantizer=0.1 loss.waveform=0)
 from_c=("${later[@]}" loss.stoi=0.05 data.speed=0.1)  # stage C's keys, which D to I keep
+from_d=("${from_c[@]}" loss.pesq=1)                   # stage D's, which E to I keep
+from_f=("${from_d[@]}" "finetune=[encoder,decoder]")  # stage F's, which G to I keep
 mkdir -p "$root"
 say() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$root/recipe.log"; }
 
@@ -61,10 +64,9 @@ stage() {
 stage a "$steps_a" 0
 stage b "$steps_b" "$((steps_b * 7 / 17))" init_from="$root/export-a" "${later[@]}"
 stage c "$steps_c" "$((steps_c / 2))" init_from="$root/export-b" "${from_c[@]}"
-stage d "$steps_d" "$((steps_d / 2))" init_from="$root/export-c" "${from_c[@]}" loss.pesq=1
-stage e "$steps_e" "$((steps_e / 2))" init_from="$root/export-d" "${from_c[@]}" loss.pesq=1
-stage f "$steps_f" "$((steps_f / 2))" init_from="$root/export-e" "${from_c[@]}" loss.pesq=1 "finetune=[encoder,decoder]"
-stage g "$steps_g" "$((steps_g / 2))" init_from="$root/export-f" "${from_c[@]}" loss.pesq=1 "finetune=[encoder,decoder]"
-stage h "$steps_h" "$((steps_h / 2))" init_from="$root/export-g" "${from_c[@]}" loss.pesq=1 "finetune=[encoder,decoder]"
-stage i "$steps_i" "$((steps_i / 2))" init_from="$root/export-h" "${from_c[@]}" loss.pesq=1 "finetune=[encoder,decoder]" \
-    data.equaliser=10
+stage d "$steps_d" "$((steps_d / 2))" init_from="$root/export-c" "${from_d[@]}"
+stage e "$steps_e" "$((steps_e / 2))" init_from="$root/export-d" "${from_d[@]}"
+stage f "$steps_f" "$((steps_f / 2))" init_from="$root/export-e" "${from_f[@]}"
+stage g "$steps_g" "$((steps_g / 2))" init_from="$root/export-f" "${from_f[@]}"
+stage h "$steps_h" "$((steps_h / 2))" init_from="$root/export-g" "${from_f[@]}"
+stage i "$steps_i" "$((steps_i / 2))" init_from="$root/export-h" "${from_f[@]}" data.equaliser=10

@@ -8,8 +8,9 @@
 # proportions: B (18%: lr 3e-4, commitment 0.1, no waveform loss, the last 7/17 cooling to zero), C (5%: STOI
 # loss 0.05, speed perturbation 0.1, the last half cooling), D (12%) and E (9%: C's keys and the PESQ-like
 # loss, the last half of each cooling), F, G and H (7% each: E's keys, encoder and decoder only), I (6%: H's
-# keys and the random equaliser); the rest is start-up, exports and the PESQ-like loss's cost. The overrides apply to every stage (data.train=...,
-# quantizer=rvq, data.batch_size=32, ...), after stage A's keys and before those of the later stages. Writes
+# keys and the random equaliser); the rest is start-up, exports and the PESQ-like loss's cost. The overrides
+# apply to every stage (data.train=..., quantizer=rvq, data.batch_size=32, ...), after stage A's keys and before
+# those of the later stages. Writes
 # RUN_ROOT/{a,...,i} (runs, with their logs a.log ... i.log), RUN_ROOT/export-{a,...,i} (models) and
 # RUN_ROOT/recipe.log. The command is $NDVQ (default: ndvq).
 set -euo pipefail
