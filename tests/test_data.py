@@ -101,6 +101,22 @@ def test_channel_augmentation_keeps_each_octave_within_the_gain_range_and_is_rep
         AudioDataset(tmp_path, 16000, 0.5, equaliser_db=-1)
 
 
+def test_folder_weights_balance_folders_and_repeated_draws_are_new_crops(tmp_path) -> None:
+    for name, count in (("big", 6), ("small", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            sf.write(tmp_path / name / f"{i}.wav", tone(1.0 + 0.1 * i, 16000), 16000)
+    dataset = AudioDataset(tmp_path, 16000, 0.25)
+    small = torch.tensor(["small" in path for path, _ in dataset.files])
+    for balance, share in ((0, 2 / 8), (0.5, 2 / (2 + 6**0.5 * 2**0.5)), (1, 1 / 2)):
+        weights = dataset.folder_weights(balance)
+        assert weights.sum().item() == pytest.approx(1) and weights[small].sum().item() == pytest.approx(share)
+    first, again, second = dataset[3], dataset[(3, 0)], dataset[(3, 1)]
+    assert torch.equal(first, again) and not torch.equal(first, second)  # a second draw in the epoch: a new crop
+    with pytest.raises(IndexError):
+        dataset[(8, 0)]
+
+
 def test_crops_depend_only_on_seed_epoch_and_index(folder) -> None:
     a, b = AudioDataset(folder, 16000, 0.5, seed=3), AudioDataset(folder, 16000, 0.5, seed=3)
     assert torch.equal(a[0], b[0])

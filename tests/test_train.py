@@ -168,6 +168,28 @@ def test_resume_continues_exactly(tmp_path, corpus) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_balanced_sampling_draws_folders_alike_and_resumes_exactly(tmp_path, speech) -> None:
+    wav, rate = speech
+    for name, count in (("many", 6), ("few", 1)):
+        (tmp_path / "corpus" / name).mkdir(parents=True)
+        for i in range(count):
+            sf.write(tmp_path / "corpus" / name / f"{i}.wav", wav[0, 2000 * i : 2000 * i + 10000], rate)
+    corpus = tmp_path / "corpus"
+    overrides = ("data.balance=1", "steps=6", "checkpoint_every=3", "data.num_workers=1", "data.batch_size=2")
+    trainer = Trainer(tiny_config(corpus, *overrides), tmp_path / "straight")
+    few = [i for i, (path, _) in enumerate(trainer.dataset.files) if "few" in path]
+    draws = [item for epoch in range(200) for item in trainer._epoch_indices(epoch)]
+    assert all(isinstance(item, tuple) for item in draws) and len(draws) == 200 * 7
+    assert 0.45 < sum(item[0] in few for item in draws) / len(draws) < 0.55  # 1 file of 7, drawn half the time
+    assert trainer._epoch_indices(3) == trainer._epoch_indices(3)
+    trainer.fit()
+    Trainer(tiny_config(corpus, *overrides[:-2], "steps=3", *overrides[-2:]), tmp_path / "cut").fit()
+    resumed = Trainer(tiny_config(corpus, *overrides), tmp_path / "cut", resume=True)
+    resumed.fit()
+    a, b = weights(trainer), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_finetune_trains_one_part_against_the_fixed_rest_quantizing_as_at_inference(tmp_path, corpus, part) -> None:
     Trainer(tiny_config(corpus, "steps=4"), tmp_path / "base").fit()
@@ -324,6 +346,7 @@ def test_balancer_option_trains(tmp_path, corpus) -> None:
         (["data.speed=0.5"], r"data.speed \(speed perturbation\): must be in \[0, 0.5\), got 0.5"),
         (["data.equaliser=41"], r"data.equaliser \(random EQ, dB\): must be in \[0, 40\], got 41"),
         (["data.dc_offset=-0.1"], r"data.dc_offset \(a constant, times the crop's RMS\): must be in \[0, 1\]"),
+        (["data.balance=2"], r"data.balance \(sampling by folder\): must be in \[0, 1\], got 2"),
         (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 values, got 1"),
         (["loss.balancer_weights=[1.0]"], "loss.balancer_weights: expected a list of 4 values, got 1"),
         (["optim.lr=-1"], "optim.lr: must be positive, got -1.0"),

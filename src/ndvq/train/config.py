@@ -27,6 +27,7 @@ class DataConfig:
     speed: float = 0.0  # speed perturbation: each training crop plays at a speed drawn in [1 - speed, 1 + speed]
     equaliser: float = 0.0  # random EQ: gains drawn in [-equaliser, equaliser] dB per octave, 31 Hz to 8 kHz
     dc_offset: float = 0.0  # each crop gets a constant drawn in [-dc_offset, dc_offset] times its RMS
+    balance: float = 0.0  # draw files with weight (files in their folder) ** -balance: 0 uniform, 1 folders alike
     min_seconds: float = 0.5
     max_seconds: float = 20.0
     batch_size: int = 8  # per rank
@@ -121,6 +122,8 @@ class TrainConfig:
             if getattr(self.loss, name) and self.loss.balancer:
                 raise NdvqError(f"loss.{name}: not combined with loss.balancer (its weights are for the other losses)")
         check_augmentation(self.data.speed, self.data.equaliser, self.data.dc_offset)
+        if not 0.0 <= self.data.balance <= 1.0:
+            raise NdvqError(f"data.balance (sampling by folder): must be in [0, 1], got {self.data.balance:g}")
         unknown_parts = [part for part in self.finetune if part not in FINETUNE_PARTS]
         if unknown_parts or len(set(self.finetune)) != len(self.finetune):
             parts = ", ".join(FINETUNE_PARTS)

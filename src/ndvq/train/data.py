@@ -1,5 +1,6 @@
 """Training data: random fixed-length crops of audio files, mono, at the model's rate."""
 
+from collections import Counter
 import logging
 import os
 from pathlib import Path
@@ -58,6 +59,8 @@ class AudioDataset(torch.utils.data.Dataset):
 
     Item i of epoch e is a crop of file i at an offset drawn from a generator seeded by (seed, e, i),
     so a resumed run, any worker process and any rank see exactly the same crops. Shape [1, samples].
+    Item (i, k) is the (k + 1)-th crop of file i in the epoch, its own draw (seed, e, i, k) ((i, 0) is item i):
+    for samplers that take a file more than once per epoch (`folder_weights`).
     With `speed` > 0 each crop is also played at a speed drawn uniformly in [1 - speed, 1 + speed]
     (tempo and pitch together, as Kaldi's speed perturbation): more voices from a few speakers. With
     `equaliser_db` > 0 it then passes through a random EQ (random_equaliser), and with `dc_offset` > 0 gets a
@@ -104,23 +107,34 @@ class AudioDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Item `index` of the current epoch: float32 [1, segment samples]. A file that fails to decode is
-        reported and replaced by the next item's crop, so one bad file never stops training."""
-        if not 0 <= index < len(self.files):
+    def folder_weights(self, balance: float) -> torch.Tensor:
+        """Sampling weights of the files [len(self)], summing to 1: each file's is proportional to the number of
+        files in its folder to the power -balance. 0: every file alike; 1: every folder (a voice, in the demo
+        corpus) alike, whatever its number of files; between them, as multilingual models sample languages."""
+        folders = [str(Path(path).parent) for path, _ in self.files]
+        counts = Counter(folders)
+        weights = torch.tensor([counts[folder] ** -balance for folder in folders], dtype=torch.float64)
+        return weights / weights.sum()
+
+    def __getitem__(self, index: int | tuple[int, int]) -> torch.Tensor:
+        """Item `index` (or the (k + 1)-th crop of file i, index (i, k)) of the current epoch: float32 [1, segment
+        samples]. A file that fails to decode is reported and replaced by the next item's crop, so one bad file
+        never stops training."""
+        index, repeat = index if isinstance(index, tuple) else (index, 0)
+        if not 0 <= index < len(self.files) or repeat < 0:
             raise IndexError(f"item {index} of a dataset of {len(self.files)}")
         for attempt in range(len(self.files)):
             current = (index + attempt) % len(self.files)
             path = self.files[current][0]
             try:
-                return torch.from_numpy(self._crop(path, current))[None]
+                return torch.from_numpy(self._crop(path, current, repeat))[None]
             except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
                 log.warning("skipped %s while reading: %s", path, (str(error).splitlines() or ["error"])[0])
         raise NdvqError(f"none of the {len(self.files)} files of the dataset could be read")
 
-    def _crop(self, path: str, index: int) -> np.ndarray:
+    def _crop(self, path: str, index: int, repeat: int = 0) -> np.ndarray:
         """Read only the crop (plus a margin for the resampler), mix down, resample, cut or zero-pad: [segment]."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, self.epoch, index] + ([repeat] if repeat else []))
         # Played `speed` times faster: read `speed` times more source and resample as if it ran at rate * speed.
         speed = 1.0 + rng.uniform(-self.speed, self.speed) if self.speed else 1.0
         with sf.SoundFile(path) as audio:

@@ -1,5 +1,6 @@
 """The training loop: one process per device, PyTorch DDP across processes (torchrun), exact resume."""
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, nullcontext
 from dataclasses import replace
@@ -198,15 +199,26 @@ class Trainer:
         return torch.stack(items).to(self.device)
 
     # --- data ----------------------------------------------------------------------------------------
-    def _epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's sample order for an epoch: a permutation seeded by (seed, epoch), tiled to fill a batch."""
+    def _epoch_indices(self, epoch: int) -> list[int] | list[tuple[int, int]]:
+        """This rank's sample order for an epoch, seeded by (seed, epoch): a permutation tiled to fill a batch, or
+        with data.balance, as many draws with replacement by AudioDataset.folder_weights (a file's (k + 1)-th draw
+        in the epoch is item (file, k), a crop of its own)."""
         size = len(self.dataset)
         batch = self.config.data.batch_size
         total = max(size, batch * self.world)
         total += -total % self.world
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        order = torch.randperm(size, generator=generator).repeat(math.ceil(total / size))[:total]
-        return order[self.rank :: self.world].tolist()
+        if self.config.data.balance:
+            weights = self.dataset.folder_weights(self.config.data.balance)
+            files = torch.multinomial(weights, total, replacement=True, generator=generator).tolist()
+            drawn: Counter[int] = Counter()
+            order = []
+            for file in files:
+                order.append((file, drawn[file]))
+                drawn[file] += 1
+        else:
+            order = torch.randperm(size, generator=generator).repeat(math.ceil(total / size))[:total].tolist()
+        return order[self.rank :: self.world]
 
     def _batches(self) -> Iterator[torch.Tensor]:
         """Batches from where the run stands (epoch, batch_in_epoch), on and on."""
