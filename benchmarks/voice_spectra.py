@@ -53,11 +53,12 @@ def main() -> None:
                 decoded, decoded_rate = decompress(compress(codec, wav, rate, args.bandwidth), codec)
                 rows[name][str(path)] = describe(decoded.mean(axis=0)[: wav.shape[1]], decoded_rate)
         by_signal = {signal: by_folder(by_file)[1] for signal, by_file in rows.items()}
+        label = os.path.basename(manifest)
         for voice in sorted(by_signal["input"]):
             for signal, by_voice in by_signal.items():
                 means = np.mean(by_voice[voice], axis=0)
                 figures = f"{means[0]:9.3f} {means[1]:9.3f} {means[2]:9.4f} {means[3]:9.1f}"
-                label, name = os.path.basename(manifest), os.path.basename(os.path.normpath(signal))
+                name = os.path.basename(os.path.normpath(signal))
                 print(f"{label:<12} {voice:<28} {name:<24} {len(by_voice[voice]):>5} {figures}")
 
 
