@@ -1,6 +1,7 @@
 """A high-pass filter before the encoder: what it changes, per voice, in the codec's quality.
 
-    python benchmarks/highpass.py MANIFEST [--model speech-16k] [-b 6] [--cutoff 70] [--every 2] [--threads 2]
+    python benchmarks/highpass.py MANIFEST [--model speech-16k] [-b 6] [--cutoff 70] [--remove-mean] [--every 2]
+        [--threads 2]
 
 Every --every-th file of the manifest is compressed as `ndvq compress` does by default and decompressed, once
 as it is and once after a Butterworth high-pass (--order, --cutoff Hz, applied forwards only, as an encoder
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("-b", "--bandwidth", type=float, default=6.0)
     parser.add_argument("--cutoff", type=float, default=70.0, help="Hz")
     parser.add_argument("--order", type=int, default=2)
+    parser.add_argument("--remove-mean", action="store_true", help="subtract each file's mean before filtering")
     parser.add_argument("--every", type=int, default=2, help="take every N-th file of the manifest")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -50,7 +52,8 @@ def main() -> None:
     for file in files:
         wav, rate = read_audio(file)
         sos = scipy.signal.butter(args.order, args.cutoff, "highpass", fs=rate, output="sos")
-        filtered = scipy.signal.sosfilt(sos, wav, axis=-1).astype(np.float32)
+        source = wav - wav.mean(axis=-1, keepdims=True) if args.remove_mean else wav  # no step at the start
+        filtered = scipy.signal.sosfilt(sos, source, axis=-1).astype(np.float32)
         plain = coded_scores(codec, wav, wav, rate, args.bandwidth)
         high = coded_scores(codec, wav, filtered, rate, args.bandwidth)
         for metric in METRICS:
@@ -59,6 +62,7 @@ def main() -> None:
     print(
         f"model {args.model}, {args.bandwidth:g} kbps as compress codes by default, {len(files)} files of "
         f"{args.manifest}; high-pass: Butterworth order {args.order} at {args.cutoff:g} Hz"
+        + (", each file's mean removed first" if args.remove_mean else "")
     )
     for metric in METRICS:
         plain, high = np.mean(list(scores[metric].values()), axis=0)
