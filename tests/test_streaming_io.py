@@ -36,13 +36,30 @@ def random_cuts(length: int, count: int, seed: int = 0) -> list[tuple[int, int]]
 
 
 @pytest.mark.parametrize("context", [0, 6])
-def test_windows_do_not_depend_on_blocks(context: int) -> None:
+@pytest.mark.parametrize("length", [200, 196])
+def test_windows_do_not_depend_on_blocks(context: int, length: int) -> None:
     conv = torch.nn.Conv1d(1, 1, 9, padding=4)
-    signal = torch.randn(1, 1, 200)
+    signal = torch.randn(1, 1, length)
     whole = torch.cat(list(map_windows(conv, [signal], 32, context, (1, 1))), -1)
-    blocks = [signal[..., a:b] for a, b in random_cuts(200, 12)]
+    blocks = [signal[..., a:b] for a, b in random_cuts(length, 12)]
     streamed = torch.cat(list(map_windows(conv, blocks, 32, context, (1, 1))), -1)
     assert torch.equal(streamed, whole) and whole.shape == signal.shape
+
+
+# chunk 32, context 6: 200 leaves 8 after the window centred on 160..192, which ends 2 before the signal does;
+# 196 and 192 end within the context of that window, which takes the rest instead of a window of context.
+@pytest.mark.parametrize(("length", "windows"), [(200, 7), (196, 6), (192, 6), (30, 1)])
+def test_no_window_only_recomputes_context(length: int, windows: int) -> None:
+    sizes = []
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[-1])
+        return 2 * x
+
+    signal = torch.randn(1, 1, length)
+    out = torch.cat(list(map_windows(double, [signal], 32, 6, (1, 1))), -1)
+    assert torch.equal(out, 2 * signal)
+    assert len(sizes) == windows and max(sizes) <= 32 + 2 * 6
 
 
 def test_scale_does_not_depend_on_blocks() -> None:

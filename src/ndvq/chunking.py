@@ -15,9 +15,12 @@ def map_windows(
     """Apply fn to the concatenation of `blocks` [..., n] in windows of `chunk` steps, each with up to
     `context` steps of the signal on either side, and yield the output of each window's centre.
 
-    fn maps n input steps to n * ratio[0] / ratio[1] output steps. At most chunk + 2 * context steps
-    plus one block are held at a time. The windows depend only on the whole signal, not on how it is
-    cut into blocks. With context 0 and a stateful (streaming) fn this is exact streaming.
+    fn maps n input steps to n * ratio[0] / ratio[1] output steps. The last window's centre runs to the
+    end: the signal after the previous centre, shorter than chunk + context (a window that would stop
+    within `context` of the end already sees it, so a further window would only recompute its context).
+    At most chunk + 2 * context steps plus one block are held at a time. The windows depend only on the
+    whole signal, not on how it is cut into blocks. With context 0 and a stateful (streaming) fn this
+    is exact streaming.
     `chunk`, `context` and the signal's length must be multiples of ratio[1].
     """
     num, den = ratio
@@ -32,7 +35,8 @@ def map_windows(
             return
         available = offset + buffer.shape[-1]
         while start < available and (block is None or start + chunk + context <= available):
-            end = min(start + chunk, available)
+            # Once the end is known (block is None), less than chunk + context is left: one window takes it.
+            end = available if block is None else start + chunk
             lo, hi = max(0, start - context), min(available, end + context)
             y = fn(buffer[..., lo - offset : hi - offset])
             first = (start - lo) * num // den

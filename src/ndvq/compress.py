@@ -35,7 +35,10 @@ from ndvq.refine import check_refine_steps
 BLOCK_SECONDS = 10.0  # audio read, resampled and written at a time
 # The stored scale corrects the decoder's level (_level_matched): in steps of LEVEL_STEP_DB, at most MAX_LEVEL_DB.
 LEVEL_STEP_DB, MAX_LEVEL_DB = 0.01, 12.0
-WRITER_VERSION = 2  # of what compress writes for given codes, for caches of results; 2: level-matched scales
+# Of what compress writes and decompress returns, for caches of results; 2: level-matched scales; 3: the last
+# window of a signal takes the rest of it (ndvq.chunking.map_windows), which changes the codes of the last
+# second or so of some inputs longer than a window (Codec's chunk_seconds)
+WRITER_VERSION = 3
 
 Blocks = Callable[[], Iterator[np.ndarray]]  # each call: a fresh pass over one signal, blocks [C, n] float32
 
