@@ -414,6 +414,11 @@ def test_mel_filterbank_and_losses() -> None:
     fine = MultiScaleMelLoss(16000, (5, 10, 20, 40, 80, 160, 320))
     assert [mel.filters.shape[0] for mel in fine.mels] == [5, 10, 20, 40, 80, 160, 320]
     assert fine(x, 0.5 * x).item() != loss(x, 0.5 * x).item()
+    long_windows = MultiScaleMelLoss(16000, scales=(128, 256, 512, 1024, 2048))  # the refinement's
+    assert [mel.window.shape[0] for mel in long_windows.mels] == [128, 256, 512, 1024, 2048]
+    y = 0.5 * x
+    per_scale = [torch.nn.functional.l1_loss(m(y), m(x)) + torch.nn.functional.mse_loss(m(y), m(x)) for m in loss.mels]
+    torch.testing.assert_close(long_windows(y, x), sum(per_scale[2:]) / 5)
     discriminator = MultiScaleSTFTDiscriminator((256, 128), filters=8)
     logits, features = discriminator(x)
     assert len(logits) == 2 and len(features[0]) == 5

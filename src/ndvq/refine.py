@@ -3,9 +3,10 @@
 The encoder maps audio to a latent in one pass; on speech it never heard, that latent is not the best the decoder
 can use. Refinement starts from it and takes gradient steps on the latent itself, the decoder and codebooks fixed, so
 that the decode of its quantization (gradients straight through the quantizer) comes closer to the input under two
-terms of the training's objective, the multi-scale mel loss and PESQ's disturbance, at weights 1 and 1. Only the
-encoder's choice changes: the codes mean what they meant, the decoder and the bitstream are the same, and any ndvq
-reads the file. Each step costs a decoder pass forward and backward over the window being encoded.
+terms of the training's objective, the multi-scale mel loss (at its 5 longest windows) and PESQ's disturbance, at
+weights 1 and 1. Only the encoder's choice changes: the codes mean what they meant, the decoder and the bitstream
+are the same, and any ndvq reads the file. Each step costs a decoder pass forward and backward over the window
+being encoded.
 
 Entropy-coded, refined codes cost more bits than the encoder's: the latent moves away from the codes the rate-aware
 assignment prefers (at nominal 6 kbps, 4.22 kbps in the file after 4 steps against 3.91; model card). A rate term
@@ -28,8 +29,12 @@ from ndvq.modules.distances import MEL_SCALES, DisturbanceLoss, MultiScaleMelLos
 # takes the nearly constant first steps of a HORIZON-step one (docs/ndvq-that-learns.md, sessions 32 and 33).
 PEAK_LEARNING_RATE, HORIZON = 0.1, 25
 # Of the refined codes, for caches of results (ndvq eval); 4: lr; 5: normalised steps, no rate term; 6: the PESQ
-# loss's gradient leaves the level alone (modules.distances.DisturbanceLoss)
-VERSION = 6
+# loss's gradient leaves the level alone (modules.distances.DisturbanceLoss); 7: REFINE_MEL_SCALES
+VERSION = 7
+# The mel loss's windows here: without n_fft 32 and 64, which took over a third of the mel loss's time, the refined
+# codes score as well (whole test split at 6 kbps: PESQ-wb +0.002 +- 0.008, STOI +0.001; docs/ndvq-that-learns.md,
+# session 43). Weights of the disturbance against the mel loss of 0, 0.5, 2 and 4 (tried there) score no better than 1.
+REFINE_MEL_SCALES = MEL_SCALES[2:]
 MIN_SAMPLES = MEL_SCALES[-1]  # the objective's longest window; shorter windows are zero-padded to it
 # Steps of the file encoder (ndvq.compress, `ndvq compress`) unless told: about 4x the one-pass encoder's time, 10x
 # to 13x real time with decoding at 2 threads, +0.17 PESQ-wb at 6 kbps on held-out voices; 4 steps add 0.01 to 0.03 at
@@ -39,12 +44,12 @@ DEFAULT_STEPS = 3
 
 
 class RefinementObjective(nn.Module):
-    """Multi-scale mel loss + PESQ's disturbance (ndvq.modules.distances), at weights 1 and 1: estimate and target
-    wav [B, 1, T] -> scalar. Inputs shorter than MIN_SAMPLES are zero-padded."""
+    """Multi-scale mel loss at REFINE_MEL_SCALES + PESQ's disturbance (ndvq.modules.distances), at weights 1 and 1:
+    estimate and target wav [B, 1, T] -> scalar. Inputs shorter than MIN_SAMPLES are zero-padded."""
 
     def __init__(self, sample_rate: int) -> None:
         super().__init__()
-        self.mel = MultiScaleMelLoss(sample_rate)
+        self.mel = MultiScaleMelLoss(sample_rate, scales=REFINE_MEL_SCALES)
         self.disturbance = DisturbanceLoss(sample_rate)
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,16 +13,20 @@ MEL_SCALES = tuple(2**i for i in range(5, 12))  # n_fft 32 .. 2048
 
 
 class MultiScaleMelLoss(nn.Module):
-    """Mean over 7 scales (n_fft 32 .. 2048) of L1 + MSE between log-mel spectrograms.
+    """Mean over scales (n_fft, by default the 7 of MEL_SCALES: 32 .. 2048) of L1 + MSE between log-mel
+    spectrograms, each with hop n_fft / 4.
 
     `bins`: mel bins per scale, EnCodec's 64 at every scale by default; DAC's (5, 10, ..., 320) grow with the
     window, resolving harmonics at the long windows.
     """
 
-    def __init__(self, sample_rate: int, bins: tuple[int, ...] = (64,) * len(MEL_SCALES)):
+    def __init__(
+        self, sample_rate: int, bins: tuple[int, ...] | None = None, scales: tuple[int, ...] = MEL_SCALES
+    ) -> None:
         super().__init__()
+        bins = (64,) * len(scales) if bins is None else bins
         self.mels = nn.ModuleList(
-            LogMel(sample_rate, n_fft, n_mels) for n_fft, n_mels in zip(MEL_SCALES, bins, strict=True)
+            LogMel(sample_rate, n_fft, n_mels) for n_fft, n_mels in zip(scales, bins, strict=True)
         )
 
     def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
