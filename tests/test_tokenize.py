@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import ndvq
 from ndvq import bitstream, tokens
 from ndvq.cli import main
-from ndvq.compress import encode_file
+from ndvq.compress import CODES_VERSION, encode_file
 from ndvq.errors import NdvqError
 from ndvq.refine import VERSION as REFINE_VERSION
 
@@ -152,7 +152,8 @@ def test_interrupted_run_resumes_without_redoing_finished_shards(tmp_path, corpu
 def test_rerun_refuses_another_bandwidth_or_plan(tmp_path, corpus, tiny) -> None:
     out = tmp_path / "tokens"
     tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=0.01)
-    with pytest.raises(NdvqError, match=f"{out}: holds tokens of model .* at 4 kbps, not of model .* at 8 kbps"):
+    message = rf"{out}: holds tokens of model .* at 4 kbps, codes v\d+, not of model .* at 8 kbps"
+    with pytest.raises(NdvqError, match=message):
         tokens.tokenize(tiny, corpus, out, 8.0, batch_seconds=0.01)
     with pytest.raises(NdvqError, match=f"{out}: its shard 0 was made from other files"):
         tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=1000)
@@ -167,7 +168,7 @@ def test_refined_codes_equal_compress_refine_and_are_recorded(tmp_path, corpus, 
     assert any(not np.array_equal(refined[p], plain[p]) for p in paths)  # refinement changed codes
     assert (index(out)["refine_steps"], index(out)["refine_version"]) == (5, REFINE_VERSION)
     assert tokens.load(out).refine_steps == 5
-    message = rf"{out}: holds tokens of model .* at 8 kbps, refined with 5 steps \(v{REFINE_VERSION}\), not of model"
+    message = rf"{out}: holds tokens of model .* at 8 kbps, refined with 5 steps \(v{REFINE_VERSION}\), codes v\d+, not"
     with pytest.raises(NdvqError, match=message):
         tokens.tokenize(tiny, corpus, out, bandwidth, batch_seconds=0.01)
     with pytest.raises(NdvqError, match="refine steps: expected a whole number of 0 or more, got -1"):
@@ -180,6 +181,21 @@ def test_refined_codes_equal_compress_refine_and_are_recorded(tmp_path, corpus, 
     shard.write_text(json.dumps({k: v for k, v in json.loads(shard.read_text()).items() if k != "refine_steps"}))
     assert tokens.load(unrefined).refine_steps == 0
     assert tokens.tokenize(tiny, corpus, unrefined, BANDWIDTH, batch_seconds=1000).finished_before == 1
+
+
+def test_rerun_refuses_shards_of_another_version_of_the_codes(tmp_path, corpus, tiny) -> None:
+    # A run resumed after compress changed how it computes codes must not mix the two in one directory.
+    out = tmp_path / "tokens"
+    tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=0.01)
+    assert index(out)["codes_version"] == CODES_VERSION
+    shard = out / "shard-00001.json"
+    document = json.loads(shard.read_text())
+    shard.write_text(json.dumps({k: v for k, v in document.items() if k != "codes_version"}))  # made before it
+    message = rf"{out}: holds tokens of model .* at 4 kbps, codes v1, not of model .* at 4 kbps, codes v{CODES_VERSION}"
+    with pytest.raises(NdvqError, match=message):
+        tokens.tokenize(tiny, corpus, out, BANDWIDTH, batch_seconds=0.01)
+    with pytest.raises(NdvqError, match=f"{out}: its shards come from different models, .* or versions of the codes"):
+        tokens.load(out)
 
 
 def test_load_random_access_equals_iteration(tmp_path, corpus, tiny) -> None:

@@ -39,6 +39,9 @@ LEVEL_STEP_DB, MAX_LEVEL_DB = 0.01, 12.0
 # window of a signal takes the rest of it (ndvq.chunking.map_windows), which changes the codes of the last
 # second or so of some inputs longer than a window (Codec's chunk_seconds)
 WRITER_VERSION = 3
+# Of the codes compress computes for an input (tokens record it, so that no tokens directory mixes two): 2: as
+# WRITER_VERSION 3 (the windows); 1 before
+CODES_VERSION = 2
 
 Blocks = Callable[[], Iterator[np.ndarray]]  # each call: a fresh pass over one signal, blocks [C, n] float32
 

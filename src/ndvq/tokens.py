@@ -8,7 +8,8 @@ seconds, by their headers' durations), so the plan depends only on the source an
 
     shard-0000k.npy   every item's codes [C, n_q, frames], flattened and concatenated (int16, or int32
                       for codebooks above 32768 entries)
-    shard-0000k.json  model identity, bandwidth, refine_steps and refine_version, stages, dtype; items (path,
+    shard-0000k.json  model identity, bandwidth, refine_steps, refine_version and codes_version (how compress
+                      computes codes: ndvq.compress.CODES_VERSION), stages, dtype; items (path,
                       offset in elements, channels, stages, frames, seconds) and failures (path, reason)
 
 Both are written under temporary names and renamed, the .json last: a shard is finished iff its .json
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from ndvq import bitstream
 from ndvq.audio import AUDIO_SUFFIXES, atomic_path, audio_files, audio_seconds
 from ndvq.codec import Codec
-from ndvq.compress import codes_identity, encode_file
+from ndvq.compress import CODES_VERSION, codes_identity, encode_file
 from ndvq.errors import NdvqError
 from ndvq.manifest import read_manifest
 from ndvq.refine import VERSION as REFINE_VERSION
@@ -54,16 +55,18 @@ INDEX = "index.json"
 
 
 class Encoding(NamedTuple):
-    """How every file is encoded: the bitrate in kbps, the encoder's refinement steps (0: none) and, if refined,
-    the refinement's version (ndvq.refine.VERSION; 0 when not refined)."""
+    """How every file is encoded: the bitrate in kbps, the encoder's refinement steps (0: none), if refined the
+    refinement's version (ndvq.refine.VERSION; 0 when not refined), and how compress computes codes
+    (ndvq.compress.CODES_VERSION)."""
 
     bandwidth: float
     refine_steps: int = 0
     refine_version: int = 0
+    codes_version: int = CODES_VERSION
 
     def describe(self) -> str:
         refined = f", refined with {self.refine_steps} steps (v{self.refine_version})" if self.refine_steps else ""
-        return f"{self.bandwidth:g} kbps{refined}"
+        return f"{self.bandwidth:g} kbps{refined}, codes v{self.codes_version}"
 
 
 class Entry(NamedTuple):
@@ -177,7 +180,7 @@ def _is_shard(document: dict[str, Any]) -> bool:
         typed(document, fields)
         and all(
             type(document.get(key, 0)) is int and document.get(key, 0) >= 0
-            for key in ("refine_steps", "refine_version")
+            for key in ("refine_steps", "refine_version", "codes_version")
         )
         and all(typed(item, item_fields) for item in document["items"])
         and all(typed(failure, {"path": str, "reason": str}) for failure in document["failures"])
@@ -190,8 +193,15 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def _encoding_of(document: dict[str, Any]) -> Encoding:
-    # Shards made before refinement have neither key; refined ones made before its version was recorded read as v0.
-    return Encoding(document["bandwidth"], document.get("refine_steps", 0), document.get("refine_version", 0))
+    # Shards made before refinement have neither refine key; refined ones made before its version was recorded read
+    # as v0; those made before codes_version was recorded, as codes v1 (they may be either: such a directory is
+    # not resumed).
+    return Encoding(
+        document["bandwidth"],
+        document.get("refine_steps", 0),
+        document.get("refine_version", 0),
+        document.get("codes_version", 1),
+    )
 
 
 def _finished(out_dir: Path, shards: list[list[Entry]], model: str, encoding: Encoding) -> dict[int, dict[str, Any]]:
@@ -258,6 +268,7 @@ def _make_shard(
         "bandwidth": encoding.bandwidth,
         "refine_steps": encoding.refine_steps,
         "refine_version": encoding.refine_version,
+        "codes_version": encoding.codes_version,
         "stages": codec.stages(encoding.bandwidth),
         "dtype": np.dtype(dtype).name,
         "items": items,
@@ -394,6 +405,7 @@ def _write_index(
         "bandwidth": encoding.bandwidth,
         "refine_steps": encoding.refine_steps,
         "refine_version": encoding.refine_version,
+        "codes_version": encoding.codes_version,
         "stages": stages,
         "shards": len(documents),
         "items": items,
@@ -417,7 +429,10 @@ class Tokens:
             raise NdvqError(f"{self.out_dir}: no token shards (shard-*.json) in this directory; run ndvq tokenize")
         documents = [_read_json(path) for path in paths]
         if len({(d["model"], _encoding_of(d)) for d in documents}) > 1:
-            raise NdvqError(f"{self.out_dir}: its shards come from different models, bandwidths or refinements")
+            raise NdvqError(
+                f"{self.out_dir}: its shards come from different models, bandwidths, refinements or versions of "
+                "the codes"
+            )
         first = documents[0]
         self.model, self.bandwidth, self.stages = first["model"], first["bandwidth"], first["stages"]
         self.refine_steps = _encoding_of(first).refine_steps
