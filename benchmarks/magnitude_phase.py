@@ -9,23 +9,25 @@ best), and three hybrids, each rebuilt from an STFT (512-sample Hann window, hop
   original magnitude + decoded phase   what the decoded phase alone costs;
   original magnitude + Griffin-Lim     the cost of any phase consistent with the exact magnitude
                                        (60 iterations from random phase): the floor of the phase cost.
-A hybrid far above the decode names the part that holds it back.
+A hybrid far above the decode names the part that holds it back. Scored as `ndvq eval` scores (ndvq.eval.metrics):
+a metric's mean is over the files it scores in every row (PESQ finds no speech in some short files; STOI needs
+about 0.4 s of it).
 """
 
 import argparse
 from pathlib import Path
 
 import numpy as np
-from pesq import pesq
-from pystoi import stoi
 import soundfile as sf
 import torch
 
 from ndvq import Codec
+from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
 from ndvq.modules import spectral
 from ndvq.tokens import spread
 
+METRICS = ("pesq_wb", "stoi")
 WINDOW = torch.hann_window(512)  # hop 128, as every STFT of ndvq.modules.spectral
 
 
@@ -55,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     codec = Codec.load(args.model).eval()
-    scores: dict[str, list[tuple[float, float]]] = {}
+    scores: dict[str, dict[str, list[float]]] = {metric: {} for metric in METRICS}
+    names: list[str] = []
     files = spread([path for path, seconds in read_manifest(args.manifest) if seconds >= 1.0], args.files)
     for path in files:
         wav, rate = sf.read(path, dtype="float32")
@@ -75,14 +78,18 @@ def main() -> None:
             "original magnitude + decoded phase": istft(original.abs() * torch.exp(1j * decoded.angle()), len(x)),
             "original magnitude + Griffin-Lim": griffin_lim(original.abs(), len(x)),
         }
-        for name, signal in variants.items():
-            estimate = signal.numpy()
-            scores.setdefault(name, []).append((pesq(rate, wav, estimate, "wb"), stoi(wav, estimate, rate)))
-    print(f"{args.model} at {args.bandwidth:g} kbps, {len(files)} files of {args.manifest}")
+        names = list(variants)
+        results = {name: score(wav, signal.numpy(), rate, METRICS, aligned=True) for name, signal in variants.items()}
+        for metric in METRICS:
+            if all(metric in result.values for result in results.values()):  # the same files in every row
+                for name, result in results.items():
+                    scores[metric].setdefault(name, []).append(result.values[metric])
+    counts = ", ".join(f"{metric} on {len(next(iter(scores[metric].values()), []))}" for metric in METRICS)
+    print(f"{args.model} at {args.bandwidth:g} kbps, {len(files)} files of {args.manifest} (scored: {counts})")
     print(f"{'signal':38s} {'pesq_wb':>8s} {'stoi':>6s}")
-    for name, values in scores.items():
-        mean = np.mean(values, axis=0)
-        print(f"{name:38s} {mean[0]:8.3f} {mean[1]:6.3f}")
+    for name in names:
+        means = [np.mean(scores[metric].get(name, [np.nan])) for metric in METRICS]
+        print(f"{name:38s} {means[0]:8.3f} {means[1]:6.3f}")
 
 
 if __name__ == "__main__":
