@@ -1,7 +1,7 @@
 """Codec speed and memory: real-time factor of encode and decode and peak RSS, per preset and duration,
 and the NDVQ quantizer's time against the RVQ baseline's at equal shapes.
 
-    python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets paper-24k speech-16k-large] [--encodec]
+    python benchmarks/speed.py [--threads 2] [--durations 10 600] [--presets PRESET ...] [--encodec]
     python benchmarks/speed.py --onnx [--threads 2] [--presets ...]
     python benchmarks/speed.py --refine 100 --presets speech-16k-small-istft --durations 10   # slower encoder
 
@@ -19,7 +19,7 @@ Each (preset, duration) runs in its own process so that its peak RSS is its own.
 bundled speech clip repeated to the duration, written block by block to a temporary FLAC file before
 the timing; the codec rows time the file path (FLAC -> .ndvq -> WAV, as `ndvq compress` and
 `ndvq decompress` do). Weights are the presets' untrained ones: speed and memory do not depend on
-training.
+training. The presets by default: speech-16k-small-istft (the shipped model's architecture) and paper-24k.
 """
 
 import argparse
@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--durations", type=float, nargs="+", default=[10.0, 600.0])
-    parser.add_argument("--presets", nargs="+", default=["paper-24k", "speech-16k-large"], choices=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=["speech-16k-small-istft", "paper-24k"], choices=list(PRESETS))
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps, or each preset's nearest bitrate below")
     parser.add_argument("--encodec", action="store_true", help="also time EnCodec 24 kHz against paper-24k")
     parser.add_argument("--onnx", action="store_true", help="only onnxruntime against PyTorch (10 s, tensors)")
