@@ -1,8 +1,11 @@
 """Training throughput: steps/s and peak RSS (and peak GPU memory on a GPU) for a preset with each quantizer,
 with and without the discriminator, and NDVQ's overhead against RVQ.
 
-    python benchmarks/train_speed.py [--preset speech-16k-large] [--threads 2] [--steps 12] [--batch-size 8] \
-        [--set KEY=VALUE ...]
+    python benchmarks/train_speed.py [--config YAML] [--preset speech-16k-large] [--threads 2] [--steps 12] \
+        [--batch-size 8] [--set KEY=VALUE ...]
+
+The shipped model's recipe, as `scripts/recipe.sh` trains it: `--config configs/speech-16k-small.yaml --preset
+speech-16k-small-istft --threads 1 --set data.num_workers=0`.
 
 `--set` passes training-config overrides to every configuration, for example a smaller discriminator:
 `--set discriminator.filters=8 'discriminator.scales=[1024,256]' data.segment_seconds=0.5`.
@@ -32,13 +35,16 @@ CLIP = Path(__file__).parent.parent / "examples" / "speech_en_16k.flac"
 WARMUP = 2
 
 
-def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_size: int, extra: list[str]) -> dict:
+def measure(
+    config: str | None, preset: str, quantizer: str, adversarial: bool, steps: int, batch_size: int, extra: list[str]
+) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         sf.write(Path(folder) / "clip.flac", sf.read(CLIP)[0], 16000)
         overrides = [
             f"model={preset}",
             f"quantizer={quantizer}",
             f"data.train={folder}",
+            'data.valid=""',  # no validation, whatever the config names
             f"data.batch_size={batch_size}",
             "data.num_workers=1",
             f"steps={steps + WARMUP}",
@@ -47,7 +53,7 @@ def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_si
             "checkpoint_every=1000000",
             *extra,
         ]
-        trainer = Trainer(load_config(None, overrides), Path(folder) / "run")
+        trainer = Trainer(load_config(config, overrides), Path(folder) / "run")
         batches = trainer._batches()
         with torch.no_grad():  # k-means initialisation of every stage, so that no timed step pays for it
             trainer.codec(next(batches), trainer.codec.num_codebooks)
@@ -70,6 +76,7 @@ def measure(preset: str, quantizer: str, adversarial: bool, steps: int, batch_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a training config (YAML) under the overrides; default: the built-in one")
     parser.add_argument("--preset", default="speech-16k-large")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
@@ -80,12 +87,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.one:
         quantizer, adversarial = args.one[0], args.one[1] == "1"
-        print(json.dumps(measure(args.preset, quantizer, adversarial, args.steps, args.batch_size, args.set)))
+        print(
+            json.dumps(measure(args.config, args.preset, quantizer, adversarial, args.steps, args.batch_size, args.set))
+        )
         return
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, {device}")
-    segment = load_config(None, [f"data.train={CLIP}", *args.set]).data.segment_seconds
+    segment = load_config(args.config, [f"data.train={CLIP}", *args.set]).data.segment_seconds
     print(f"{args.preset}, batch {args.batch_size} x {segment:g} s crops, fp32, {args.steps} timed steps:")
     if args.set:
         print(f"overrides: {' '.join(args.set)}")
@@ -97,6 +106,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--preset", args.preset, "--threads", str(args.threads)]
             command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
             command += ["--set", *args.set] if args.set else []
+            command += ["--config", args.config] if args.config else []
             output = subprocess.run(
                 [*command, "--one", quantizer, str(int(adversarial))], capture_output=True, text=True
             )
