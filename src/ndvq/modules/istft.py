@@ -95,8 +95,13 @@ class ISTFTDecoder(nn.Module):
             block.project.weight.zero_()
             block.project.bias.zero_()
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """latent [B, dimension, F] -> the log-magnitude and phase that `synthesis` overlap-adds, [B, n_fft / 2 + 1,
+        F * upsample] each."""
         x = self.norm(self.upsample(self.embed(latent)).transpose(1, 2)).transpose(1, 2)
         x = self.final_norm(self.blocks(x).transpose(1, 2))
-        log_magnitude, phase = self.head(x).transpose(1, 2).chunk(2, dim=1)  # [B, bins, F] each
-        return self.synthesis(log_magnitude, phase)
+        log_magnitude, phase = self.head(x).transpose(1, 2).chunk(2, dim=1)
+        return log_magnitude, phase
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(*self.spectrum(latent))
