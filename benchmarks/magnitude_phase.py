@@ -1,6 +1,6 @@
 """Which part of a decode limits PESQ-wb and STOI: its STFT magnitude or its phase?
 
-    python benchmarks/magnitude_phase.py MANIFEST [--model speech-16k] [--files 20] [-b 6]
+    python benchmarks/magnitude_phase.py MANIFEST [--model speech-16k] [--files 20] [-b 6] [--phase-bands HZ ...]
 
 For files taken at equal steps through a manifest (those of 1 s or more), the decoded signal, the
 decoder's output on the encoder's latent before quantization (what any number of stages could reach at
@@ -9,6 +9,8 @@ best), and three hybrids, each rebuilt from an STFT (512-sample Hann window, hop
   original magnitude + decoded phase   what the decoded phase alone costs;
   original magnitude + Griffin-Lim     the cost of any phase consistent with the exact magnitude
                                        (60 iterations from random phase): the floor of the phase cost.
+With `--phase-bands HZ ...`, two more hybrids per frequency, the decoded magnitude with the original phase
+under HZ (the decoded phase above it) and over HZ: where in the spectrum the decoded phase costs.
 A hybrid far above the decode names the part that holds it back. Scored as `ndvq eval` scores (ndvq.eval.metrics):
 a metric's mean is over the files it scores in every row (PESQ finds no speech in some short files; STOI needs
 about 0.4 s of it).
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--model", default="speech-16k", help="shipped model name or model directory")
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("-b", "--bandwidth", type=float, default=6.0, help="kbps")
+    parser.add_argument("--phase-bands", type=float, nargs="+", default=[], metavar="HZ")
     args = parser.parse_args()
     torch.set_num_threads(1)
     codec = Codec.load(args.model).eval()
@@ -78,6 +81,11 @@ def main() -> None:
             "original magnitude + decoded phase": istft(original.abs() * torch.exp(1j * decoded.angle()), len(x)),
             "original magnitude + Griffin-Lim": griffin_lim(original.abs(), len(x)),
         }
+        bin_hz = torch.fft.rfftfreq(len(WINDOW), 1 / rate)[:, None]  # [bins, 1]
+        for hz in args.phase_bands:
+            for side, under in (("under", bin_hz < hz), ("over", bin_hz >= hz)):
+                phase = torch.where(under, original.angle(), decoded.angle())
+                variants[f"original phase {side} {hz:g} Hz"] = istft(decoded.abs() * torch.exp(1j * phase), len(x))
         names = list(variants)
         results = {name: score(wav, signal.numpy(), rate, METRICS, aligned=True) for name, signal in variants.items()}
         for metric in METRICS:
