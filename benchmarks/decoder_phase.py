@@ -28,7 +28,7 @@ import torch
 from ndvq import Codec
 from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
-from ndvq.modules.istft import ISTFTDecoder, overlap_add, polar
+from ndvq.modules.istft import LOG_MAGNITUDE_MAX, ISTFTDecoder, overlap_add, polar
 from ndvq.refine import RefinementObjective, descend, learning_rate
 from ndvq.tokens import spread
 
@@ -36,12 +36,14 @@ METRICS = ("pesq_wb", "stoi")
 COMPLEX_WINDOWS = (256, 512, 1024)
 
 
-def griffin_lim(decoder: ISTFTDecoder, log_magnitude: torch.Tensor, phase: torch.Tensor, iterations: int):
+def griffin_lim(
+    decoder: ISTFTDecoder, log_magnitude: torch.Tensor, phase: torch.Tensor, iterations: int
+) -> torch.Tensor:
     """The decoder's spectrum [B, bins, F] -> wav [B, 1, F * hop] after `iterations` of fast Griffin-Lim."""
     synthesis = decoder.synthesis
     n_fft, hop, window = synthesis.n_fft, synthesis.hop_length, synthesis.window
     start = (n_fft - hop) // 2  # overlap_add's trim: frame f is centred on samples [f * hop, (f + 1) * hop)
-    magnitude = torch.exp(log_magnitude.clamp(max=10.0))
+    magnitude = torch.exp(log_magnitude.clamp(max=LOG_MAGNITUDE_MAX))
     spectrum = previous = torch.complex(*polar(log_magnitude, phase))
     for _ in range(iterations):
         wav = overlap_add(torch.fft.irfft(spectrum, n=n_fft, dim=1, norm="forward"), window, hop)
@@ -53,6 +55,8 @@ def griffin_lim(decoder: ISTFTDecoder, log_magnitude: torch.Tensor, phase: torch
 
 
 def complex_distance(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance of the complex STFTs at COMPLEX_WINDOWS (hop n_fft / 4), each over the target's mean
+    magnitude: waveforms [1, 1, T] -> scalar."""
     total = estimate.new_zeros(())
     for n_fft in COMPLEX_WINDOWS:
         window = torch.hann_window(n_fft)
