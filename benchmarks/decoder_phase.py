@@ -22,18 +22,20 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from paired import interval  # benchmarks/paired.py, beside this script
 import soundfile as sf
 import torch
 
 from ndvq import Codec
 from ndvq.eval.metrics import score
 from ndvq.manifest import read_manifest
+from ndvq.modules import spectral
 from ndvq.modules.istft import LOG_MAGNITUDE_MAX, ISTFTDecoder, overlap_add, polar
 from ndvq.refine import RefinementObjective, descend, learning_rate
 from ndvq.tokens import spread
 
 METRICS = ("pesq_wb", "stoi")
-COMPLEX_WINDOWS = (256, 512, 1024)
+COMPLEX_WINDOWS = [torch.hann_window(n_fft) for n_fft in (256, 512, 1024)]  # hop n_fft / 4
 
 
 def griffin_lim(
@@ -55,16 +57,12 @@ def griffin_lim(
 
 
 def complex_distance(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean L1 distance of the complex STFTs at COMPLEX_WINDOWS (hop n_fft / 4), each over the target's mean
-    magnitude: waveforms [1, 1, T] -> scalar."""
+    """Mean L1 distance of the complex STFTs at COMPLEX_WINDOWS, each over the target's mean magnitude:
+    waveforms [1, 1, T] -> scalar."""
     total = estimate.new_zeros(())
-    for n_fft in COMPLEX_WINDOWS:
-        window = torch.hann_window(n_fft)
-        spectra = [
-            torch.stft(x.reshape(1, -1), n_fft, n_fft // 4, window=window, return_complex=True)
-            for x in (estimate, target)
-        ]
-        total = total + (spectra[0] - spectra[1]).abs().mean() / spectra[1].abs().mean().clamp_min(1e-8)
+    for window in COMPLEX_WINDOWS:
+        ours, theirs = spectral.stft(estimate, window), spectral.stft(target, window)
+        total = total + (ours - theirs).abs().mean() / theirs.abs().mean().clamp_min(1e-8)
     return total / len(COMPLEX_WINDOWS)
 
 
@@ -131,10 +129,9 @@ def main() -> None:
     for row in rows:
         base = "3 steps" if row.startswith("3 steps") else f"{args.steps} steps"
         values, reference = (np.array(scores["pesq_wb"][name]) for name in (row, base))
-        difference = values - reference
-        interval = 1.96 * difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.nan
+        mean, half, _ = interval((values - reference).tolist())
         stoi = np.mean(scores["stoi"][row]) if scores["stoi"][row] else np.nan
-        print(f"{row:34s} {values.mean():8.3f} {difference.mean():+7.3f} ± {interval:5.3f} {stoi:6.3f}")
+        print(f"{row:34s} {values.mean():8.3f} {mean:+7.3f} ± {half:5.3f} {stoi:6.3f}")
 
 
 if __name__ == "__main__":
