@@ -447,6 +447,27 @@ def test_phase_loss_grows_with_phase_jitter() -> None:
     assert torch.isfinite(silent.grad).all()
 
 
+def test_low_phase_loss_sees_the_phase_under_its_cutoff_only() -> None:
+    from ndvq.modules.distances import LowPhaseLoss
+
+    torch.manual_seed(0)
+    t = torch.arange(8000) / 16000
+
+    def voiced(low: float = 0.0, high: float = 0.0) -> torch.Tensor:  # 150 Hz, 28 harmonics; phase shifts in rad
+        harmonics = [torch.sin(2 * math.pi * 150 * k * t + (low if k <= 6 else high)) / k for k in range(1, 30)]
+        return 0.05 * sum(harmonics).reshape(1, 1, -1)
+
+    x, loss = voiced(), LowPhaseLoss(16000)  # cutoff 1 kHz: harmonics 1 (150 Hz) to 6 (900 Hz)
+    assert loss(x, x).item() < 1e-6
+    assert loss(0.3 * x, x).item() < 1e-6  # the phase, not the level
+    assert loss(voiced(high=2.0), x).item() < 0.05  # harmonics 7 and up shifted: hardly seen
+    assert loss(voiced(low=2.0), x).item() == pytest.approx(1 - math.cos(2.0), abs=0.1)  # harmonics 1 to 6
+    assert 0.8 < loss(0.05 * torch.randn_like(x), x).item() < 1.2  # unrelated phases
+    silent = torch.zeros_like(x, requires_grad=True)
+    loss(silent, x).backward()
+    assert torch.isfinite(silent.grad).all()
+
+
 def pulsing_voice(seconds: float) -> torch.Tensor:
     """A voice at 150 Hz (28 harmonics) at 16 kHz, its loudness rising and falling 4 times a second: [1, 1, T]."""
     t = torch.arange(round(seconds * 16000)) / 16000
@@ -532,7 +553,7 @@ def test_disturbance_loss_ranks_noise_as_pesq_and_ignores_level() -> None:
 
 @pytest.mark.parametrize(
     "name, weight, largest",
-    [("pesq", 1, math.inf), ("convergence", 1, math.inf), ("stoi", 0.01, 2), ("phase", 0.5, 2)],
+    [("pesq", 1, math.inf), ("convergence", 1, math.inf), ("stoi", 0.01, 2), ("phase", 0.5, 2), ("low_phase", 1, 2)],
 )
 def test_optional_loss_weight_adds_its_loss_to_training(tmp_path, corpus, name, weight, largest) -> None:
     trainer = Trainer(tiny_config(corpus, f"loss.{name}={weight}"), tmp_path / "run")

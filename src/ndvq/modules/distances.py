@@ -87,6 +87,35 @@ class PhaseDerivativeLoss(MultiWindowLoss):
         return total / (2 * len(self.scales))
 
 
+class LowPhaseLoss(MultiWindowLoss):
+    """Distance between the STFT phases of two waveforms under `cutoff_hz`: 1 - cos(difference) per bin, weighted by
+    the target's magnitude; mean over n_fft in `scales` (hop n_fft / 4). Waveforms [B, 1, T] -> scalar in [0, 2],
+    0 for a perfect match, about 1 for unrelated phases.
+
+    The phase itself, not its derivatives (PhaseDerivativeLoss): the frame-rate decoder's phase of the first
+    harmonics is where its decodes lose most to the original (benchmarks/magnitude_phase.py --phase-bands). Phase
+    only, so that an uncertain phase is not paid for with a quieter low band (as a complex L1 would), and low band
+    only, because matching the waveform everywhere costs the perceptual losses more than it gives
+    (docs/ndvq-that-learns.md, session 4).
+    """
+
+    def __init__(
+        self, sample_rate: int, cutoff_hz: float = 1000.0, scales: tuple[int, ...] = (512, 1024, 2048)
+    ) -> None:
+        super().__init__(scales)
+        self.bins = [int(cutoff_hz * n_fft / sample_rate) + 1 for n_fft in scales]
+
+    def forward(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for window, bins in zip(self.windows(), self.bins, strict=True):
+            est, tgt = (stft(wav, window)[:, :bins] for wav in (estimate, target))
+            weight = tgt.abs().detach()
+            est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in (est, tgt))
+            cosine = (est * tgt.conj()).real
+            total = total + ((1 - cosine) * weight).sum() / weight.sum().clamp_min(1e-8)
+        return total / len(self.scales)
+
+
 class SpectralConvergenceLoss(MultiWindowLoss):
     """Spectral convergence on linear STFT magnitudes, ||S - S_hat||_F / ||S||_F over the whole batch, mean over
     n_fft in `scales` (hop n_fft / 4): waveforms [B, 1, T] -> scalar >= 0, 0 for a perfect match.

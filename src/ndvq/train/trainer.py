@@ -28,6 +28,7 @@ from ndvq.eval.metrics import score
 from ndvq.modules.distances import (
     DisturbanceLoss,
     IntelligibilityLoss,
+    LowPhaseLoss,
     MultiScaleMelLoss,
     PhaseDerivativeLoss,
     SpectralConvergenceLoss,
@@ -125,6 +126,7 @@ class Trainer:
         rate = codec_config.sample_rate
         optional = {
             "phase": PhaseDerivativeLoss(),
+            "low_phase": LowPhaseLoss(rate),
             "convergence": SpectralConvergenceLoss(),
             "stoi": IntelligibilityLoss(rate),
             "pesq": DisturbanceLoss(rate),
