@@ -23,7 +23,7 @@ from ndvq.tokens import spread
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", type=Path, help="a manifest (path<TAB>seconds) of 16 kHz files")
+    parser.add_argument("manifest", type=Path, help="a manifest (path<TAB>seconds) of files at the models' rate")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL", help="name and model")
     parser.add_argument("--files", type=int, default=12)
     parser.add_argument("-b", "--bandwidth", type=float, default=6.0, help="kbps")
@@ -31,15 +31,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     models = {name: Codec.load(model).eval() for name, model in (item.split("=", 1) for item in args.model)}
-    distance = LowPhaseLoss(16000)
     files = spread([path for path, seconds in read_manifest(args.manifest) if 1.0 <= seconds < 10.0], args.files)
     totals = dict.fromkeys(models, 0.0)
     for path in files:
         wav, rate = sf.read(path, dtype="float32")
-        if rate != 16000 or wav.ndim != 1:
-            raise SystemExit(f"{path}: expected mono 16 kHz")
+        if wav.ndim != 1:
+            raise SystemExit(f"{path}: expected mono audio")
         x = torch.from_numpy(wav)[None, None]
         for name, codec in models.items():
+            if rate != codec.sample_rate:
+                raise SystemExit(f"{path}: {rate} Hz, model {name} codes {codec.sample_rate} Hz")
+            distance = LowPhaseLoss(rate)
             codes, scale = codec.encode(x, args.bandwidth, refine_steps=args.refine)
             with torch.no_grad():
                 totals[name] += distance(codec.decode(codes, scale)[..., : x.shape[-1]], x).item()
