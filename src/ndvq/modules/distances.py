@@ -61,6 +61,10 @@ class MultiWindowLoss(nn.Module):
     def windows(self) -> list[torch.Tensor]:
         return [getattr(self, f"window_{n_fft}") for n_fft in self.scales]
 
+    def unit(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """The spectrum's unit phasors, smooth at zero magnitude (where they go to 0)."""
+        return spectrum / torch.sqrt(spectrum.real**2 + spectrum.imag**2 + self.eps**2)
+
 
 class PhaseDerivativeLoss(MultiWindowLoss):
     """Distance between the STFT phase derivatives of two waveforms, in time (instantaneous frequency) and
@@ -75,8 +79,7 @@ class PhaseDerivativeLoss(MultiWindowLoss):
         total = 0.0
         for window in self.windows():
             spectra = [stft(wav, window) for wav in (estimate, target)]  # [B, bins, frames]
-            # unit phasors (smooth at zero magnitude) and the target's magnitude as the weight
-            est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in spectra)
+            est, tgt = (self.unit(s) for s in spectra)  # the target's magnitude is the weight
             weight = spectra[1].abs().detach()
             for dim in (-1, -2):  # time: instantaneous frequency; frequency: group delay
                 step_est = _next(est, dim) * _this(est, dim).conj()
@@ -88,9 +91,10 @@ class PhaseDerivativeLoss(MultiWindowLoss):
 
 
 class LowPhaseLoss(MultiWindowLoss):
-    """Distance between the STFT phases of two waveforms under `cutoff_hz`: 1 - cos(difference) per bin, weighted by
-    the target's magnitude; mean over n_fft in `scales` (hop n_fft / 4). Waveforms [B, 1, T] -> scalar in [0, 2],
-    0 for a perfect match, about 1 for unrelated phases.
+    """Distance between the STFT phases of two waveforms up to `cutoff_hz`: 1 - cos(difference) per bin, weighted by
+    the target's magnitude over the whole batch (a quiet crop counts little); mean over n_fft in `scales` (hop
+    n_fft / 4). Waveforms [B, 1, T] -> scalar in [0, 2], 0 for a perfect match, about 1 for unrelated phases or a
+    silent estimate (whose gradient is large: training clips it).
 
     The phase itself, not its derivatives (PhaseDerivativeLoss): the frame-rate decoder's phase of the first
     harmonics is where its decodes lose most to the original (benchmarks/magnitude_phase.py --phase-bands). Phase
@@ -110,7 +114,7 @@ class LowPhaseLoss(MultiWindowLoss):
         for window, bins in zip(self.windows(), self.bins, strict=True):
             est, tgt = (stft(wav, window)[:, :bins] for wav in (estimate, target))
             weight = tgt.abs().detach()
-            est, tgt = (s / torch.sqrt(s.real**2 + s.imag**2 + self.eps**2) for s in (est, tgt))
+            est, tgt = self.unit(est), self.unit(tgt)
             cosine = (est * tgt.conj()).real
             total = total + ((1 - cosine) * weight).sum() / weight.sum().clamp_min(1e-8)
         return total / len(self.scales)

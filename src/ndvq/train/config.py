@@ -51,7 +51,7 @@ class LossConfig:
     mel: float = 0.5  # multi-scale log-mel, L1 + MSE
     mel_bins: tuple[int, ...] = (64,) * len(MEL_SCALES)  # per scale, n_fft 32 .. 2048 (EnCodec); DAC: [5, 10, ..., 320]
     phase: float = 0.0  # STFT phase derivatives (modules.distances.PhaseDerivativeLoss); 0: not computed
-    low_phase: float = 0.0  # STFT phase under 1 kHz (modules.distances.LowPhaseLoss); 0: not computed
+    low_phase: float = 0.0  # STFT phase up to 1 kHz (modules.distances.LowPhaseLoss); 0: not computed
     convergence: float = 0.0  # linear STFT magnitudes (modules.distances.SpectralConvergenceLoss); 0: not computed
     stoi: float = 0.0  # 1 - STOI, differentiable (modules.distances.IntelligibilityLoss); 0: not computed
     pesq: float = 0.0  # PESQ's disturbance, differentiable (modules.distances.DisturbanceLoss); 0: not computed
