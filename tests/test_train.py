@@ -426,20 +426,26 @@ def test_mel_filterbank_and_losses() -> None:
     assert feature_matching_loss(features, discriminator(x + 0.1 * torch.randn_like(x))[1]).item() > 0.0
 
 
+VOICED_SAMPLES = 8000  # 0.5 s at 16 kHz
+
+
+def voiced(phases: torch.Tensor) -> torch.Tensor:
+    """0.5 s of a voice at 150 Hz and its harmonics 2 to 29 (amplitude 1 / k) at 16 kHz, harmonic k at phase
+    phases[k - 1] (phases [29, VOICED_SAMPLES], or [29, 1] for constant phases): [1, 1, VOICED_SAMPLES]."""
+    t = torch.arange(VOICED_SAMPLES) / 16000
+    harmonics = [torch.sin(2 * math.pi * 150 * k * t + phases[k - 1]) / k for k in range(1, 30)]
+    return 0.05 * sum(harmonics).reshape(1, 1, -1)
+
+
 def test_phase_loss_grows_with_phase_jitter() -> None:
     from ndvq.modules.distances import PhaseDerivativeLoss
 
     torch.manual_seed(0)
-    t = torch.arange(8000) / 16000
-
-    def voiced(phases: torch.Tensor) -> torch.Tensor:  # 150 Hz and 28 harmonics, phases [29, T]: [1, 1, T]
-        harmonics = [torch.sin(2 * math.pi * 150 * k * t + phases[k - 1]) / k for k in range(1, 30)]
-        return 0.05 * sum(harmonics).reshape(1, 1, -1)
 
     def jittered(size: float) -> torch.Tensor:  # each harmonic's phase a random walk: a rough, hoarse voice
-        return voiced(torch.cumsum(size * torch.randn(29, t.shape[0]), dim=-1))
+        return voiced(torch.cumsum(size * torch.randn(29, VOICED_SAMPLES), dim=-1))
 
-    x, phase = voiced(torch.zeros(29, t.shape[0])), PhaseDerivativeLoss()
+    x, phase = voiced(torch.zeros(29, VOICED_SAMPLES)), PhaseDerivativeLoss()
     losses = [phase(estimate, x).item() for estimate in (x, jittered(0.01), jittered(0.03), 0.05 * torch.randn_like(x))]
     assert losses[0] < 1e-4 < losses[1] < losses[2] < losses[3] <= 2
     silent = torch.zeros_like(x, requires_grad=True)  # unit phasors stay smooth at zero magnitude
@@ -451,17 +457,15 @@ def test_low_phase_loss_sees_the_phase_under_its_cutoff_only() -> None:
     from ndvq.modules.distances import LowPhaseLoss
 
     torch.manual_seed(0)
-    t = torch.arange(8000) / 16000
 
-    def voiced(low: float = 0.0, high: float = 0.0) -> torch.Tensor:  # 150 Hz, 28 harmonics; phase shifts in rad
-        harmonics = [torch.sin(2 * math.pi * 150 * k * t + (low if k <= 6 else high)) / k for k in range(1, 30)]
-        return 0.05 * sum(harmonics).reshape(1, 1, -1)
+    def shifted(low: float = 0.0, high: float = 0.0) -> torch.Tensor:  # harmonics 1 to 6 by low, 7 up by high (rad)
+        return voiced(torch.tensor([low] * 6 + [high] * 23)[:, None])
 
-    x, loss = voiced(), LowPhaseLoss(16000)  # cutoff 1 kHz: harmonics 1 (150 Hz) to 6 (900 Hz)
+    x, loss = shifted(), LowPhaseLoss(16000)  # cutoff 1 kHz: harmonics 1 (150 Hz) to 6 (900 Hz)
     assert loss(x, x).item() < 1e-6
     assert loss(0.3 * x, x).item() < 1e-6  # the phase, not the level
-    assert loss(voiced(high=2.0), x).item() < 0.05  # harmonics 7 and up shifted: hardly seen
-    assert loss(voiced(low=2.0), x).item() == pytest.approx(1 - math.cos(2.0), abs=0.1)  # harmonics 1 to 6
+    assert loss(shifted(high=2.0), x).item() < 0.05  # harmonics 7 and up shifted: hardly seen
+    assert loss(shifted(low=2.0), x).item() == pytest.approx(1 - math.cos(2.0), abs=0.1)  # harmonics 1 to 6
     assert 0.8 < loss(0.05 * torch.randn_like(x), x).item() < 1.2  # unrelated phases
     silent = torch.zeros_like(x, requires_grad=True)  # no phase at all: as unrelated, not free
     value = loss(silent, x)
